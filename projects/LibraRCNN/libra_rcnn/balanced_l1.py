@@ -1,0 +1,87 @@
+"""Balanced L1 loss (Libra R-CNN §3.3, Eq. 4–9; METHODS.md §4)."""
+import math
+from typing import Optional
+
+import torch
+
+from .config import BALANCED_L1_VARIANTS, check_choice, check_range
+
+__all__ = ["balanced_l1_loss"]
+
+
+def balanced_l1_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.5,
+    gamma: float = 1.5,
+    beta: float = 1.0,
+    reduction: str = "none",
+    variant: str = "paper",
+    weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Balanced L1 loss of the regression error ``x = input - target`` (METHODS.md §4).
+
+    With ``b = exp(gamma / alpha) - 1`` (so that ``alpha * ln(b + 1) = gamma``):
+
+    - ``variant="paper"``, with ``u = |x| / beta``::
+
+          L = beta * ((alpha / b) * (b u + 1) * ln(b u + 1) - alpha u)   if u < 1
+          L = beta * (gamma u + gamma / b - alpha)                         otherwise
+
+      so dL/d|x| = alpha * ln(b u + 1) inside and gamma outside: value and gradient are
+      continuous at |x| = beta. For beta = 1 this is Eq. 8 of the paper.
+    - ``variant="mmdet"`` (the reference implementation)::
+
+          L = (alpha / b) * (b |x| + 1) * ln(b |x| / beta + 1) - alpha |x|   if |x| < beta
+          L = gamma |x| + gamma / b - alpha * beta                            otherwise
+
+      continuous in value, with a gradient jump at |x| = beta when beta != 1.
+
+    Both variants agree for beta = 1 (e.g. L(0.5) = 0.400568, L(1) = 1.078594 with the
+    defaults).
+
+    Args:
+        input, target: tensors of the same shape, any float dtype (box deltas in
+            Detectron2's ``Box2BoxTransform`` units).
+        alpha: gradient scale of inliers, > 0.
+        gamma: gradient of outliers (the bound on the gradient), > 0.
+        beta: transition point in |x|, > 0.
+        reduction: ``"none"`` (element-wise, same shape as ``input``), ``"sum"`` or ``"mean"``.
+        variant: ``"paper"`` or ``"mmdet"``.
+        weight: optional element-wise weights, broadcastable to ``input``; applied before
+            the reduction.
+
+    Returns:
+        The loss: same shape as ``input`` for ``"none"``, else a scalar tensor.
+
+    Raises:
+        ValueError: for a non-positive alpha, gamma or beta, an unknown reduction or variant,
+            or ``input`` and ``target`` of different shapes.
+    """
+    check_range("alpha", alpha, 0, low_open=True)
+    check_range("gamma", gamma, 0, low_open=True)
+    check_range("beta", beta, 0, low_open=True)
+    check_choice("variant", variant, BALANCED_L1_VARIANTS)
+    check_choice("reduction", reduction, ("none", "sum", "mean"))
+    if input.shape != target.shape:
+        raise ValueError(f"input shape {tuple(input.shape)} != target shape {tuple(target.shape)}")
+
+    b = math.exp(gamma / alpha) - 1.0
+    diff = torch.abs(input - target)
+    if variant == "paper":
+        u = diff / beta
+        inlier = (alpha / b) * (b * u + 1) * torch.log1p(b * u) - alpha * u
+        outlier = gamma * u + (gamma / b - alpha)
+        loss = beta * torch.where(u < 1.0, inlier, outlier)
+    else:
+        inlier = (alpha / b) * (b * diff + 1) * torch.log1p(b * diff / beta) - alpha * diff
+        outlier = gamma * diff + (gamma / b - alpha * beta)
+        loss = torch.where(diff < beta, inlier, outlier)
+
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean() if loss.numel() > 0 else loss.sum()
+    return loss

@@ -1,0 +1,94 @@
+"""The project's config node ``MODEL.LIBRA`` and the checks of its values.
+
+Every key the project adds lives under ``cfg.MODEL.LIBRA`` and is created, with its
+default, by :func:`add_libra_config`. Each component validates the keys it reads when it
+is built (``from_config``), so a wrong value fails before training starts with a
+:class:`ValueError` that names the key, the value and what is allowed.
+"""
+from typing import Any, Iterable
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_libra_config", "check_choice", "check_range"]
+
+REFINE_TYPES = ("none", "conv", "non_local")
+POS_SAMPLERS = ("instance_balanced", "random")
+NEG_SAMPLERS = ("iou_balanced", "random")
+BINNINGS = ("paper", "mmdet")
+BALANCED_L1_VARIANTS = ("paper", "mmdet")
+
+
+def add_libra_config(cfg: CN) -> None:
+    """Add the ``MODEL.LIBRA`` node, with every key at its default, to ``cfg`` in place.
+
+    Defaults are the paper's settings (METHODS.md §2–4):
+
+    - ``MODEL.LIBRA.BFP``: balanced feature pyramid (§3).
+        - ``FPN_BACKBONE``: name in ``BACKBONE_REGISTRY`` of the FPN that the BFP wraps
+          (``build_resnet_fpn_backbone``; ``build_retinanet_resnet_fpn_backbone`` for P3–P7).
+        - ``REFINE_TYPE``: ``"non_local"`` (embedded Gaussian), ``"conv"`` (3x3) or ``"none"``.
+        - ``REFINE_LEVEL``: index, among the FPN outputs ordered by stride, of the level at
+          which features are integrated (2 = P4 for P2–P6).
+    - ``MODEL.LIBRA.SAMPLER``: RoI sampling of ``LibraROIHeads`` (§2).
+        - ``POS``: ``"instance_balanced"`` or ``"random"`` (Detectron2's).
+        - ``NEG``: ``"iou_balanced"`` or ``"random"``.
+        - ``NUM_BINS``: K, the number of IoU bins (3).
+        - ``BINNING``: ``"paper"`` (bins over [0, background IoU threshold)) or ``"mmdet"``
+          (the reference implementation's bins over [floor, max IoU)).
+        - ``FLOOR_THR``: negatives with IoU below it are sampled apart; -1 turns it off.
+        - ``FLOOR_FRACTION``: share of the negatives drawn from below ``FLOOR_THR``.
+    - ``MODEL.LIBRA.BALANCED_L1``: balanced L1 loss (§4), used when
+      ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE`` is ``"balanced_l1"``.
+        - ``ALPHA`` (0.5), ``GAMMA`` (1.5), ``BETA`` (1.0, the transition point).
+        - ``VARIANT``: ``"paper"`` (|x| scaled by 1/beta, continuous gradient) or
+          ``"mmdet"`` (the reference implementation's formula).
+    """
+    cfg.MODEL.LIBRA = CN()
+
+    cfg.MODEL.LIBRA.BFP = CN()
+    cfg.MODEL.LIBRA.BFP.FPN_BACKBONE = "build_resnet_fpn_backbone"
+    cfg.MODEL.LIBRA.BFP.REFINE_TYPE = "non_local"
+    cfg.MODEL.LIBRA.BFP.REFINE_LEVEL = 2
+
+    cfg.MODEL.LIBRA.SAMPLER = CN()
+    cfg.MODEL.LIBRA.SAMPLER.POS = "instance_balanced"
+    cfg.MODEL.LIBRA.SAMPLER.NEG = "iou_balanced"
+    cfg.MODEL.LIBRA.SAMPLER.NUM_BINS = 3
+    cfg.MODEL.LIBRA.SAMPLER.BINNING = "paper"
+    cfg.MODEL.LIBRA.SAMPLER.FLOOR_THR = -1.0
+    cfg.MODEL.LIBRA.SAMPLER.FLOOR_FRACTION = 0.0
+
+    cfg.MODEL.LIBRA.BALANCED_L1 = CN()
+    cfg.MODEL.LIBRA.BALANCED_L1.ALPHA = 0.5
+    cfg.MODEL.LIBRA.BALANCED_L1.GAMMA = 1.5
+    cfg.MODEL.LIBRA.BALANCED_L1.BETA = 1.0
+    cfg.MODEL.LIBRA.BALANCED_L1.VARIANT = "paper"
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``.
+
+    Raises:
+        ValueError: naming ``key``, the value and the allowed values.
+    """
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{key} = {value!r} is not allowed; choose one of {list(allowed)}")
+    return value
+
+
+def check_range(key: str, value, low=None, high=None, *, low_open=False, high_open=False):
+    """Return ``value`` if ``low <= value <= high`` (``<`` where the end is open).
+
+    Raises:
+        ValueError: naming ``key``, the value and the allowed interval.
+    """
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{key} = {value!r} is out of range; it must lie in {left}{lo}, {hi}{right}")
+    return value
