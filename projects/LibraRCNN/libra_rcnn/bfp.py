@@ -1,0 +1,168 @@
+"""Balanced feature pyramid (Libra R-CNN §3.2, Eq. 3, Fig. 4; METHODS.md §3)."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from fvcore.nn import weight_init
+
+from .config import REFINE_TYPES, check_choice, check_range
+
+__all__ = ["NonLocalBlock2d", "BalancedFeaturePyramid", "build_bfp_backbone"]
+
+
+class NonLocalBlock2d(nn.Module):
+    """Embedded-Gaussian non-local block, as the BFP's refinement (METHODS.md §3, step 3).
+
+    ``y = x + W_out(softmax(theta(x)^T phi(x)) g(x))`` over all H*W positions, with 1x1
+    convolutions theta, phi, g (``channels -> channels``, reduction 1) and W_out. As in the
+    reference implementation the dot product is not scaled by 1/sqrt(d), and W_out starts at
+    zero so that the block starts as the identity. The attention runs through PyTorch's
+    fused ``scaled_dot_product_attention`` with ``scale=1``.
+
+    Args:
+        channels: C, channels of the input and output.
+
+    Shapes: input and output (B, C, H, W), same dtype.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.theta = nn.Conv2d(channels, channels, 1)
+        self.phi = nn.Conv2d(channels, channels, 1)
+        self.g = nn.Conv2d(channels, channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        for conv in (self.theta, self.phi, self.g):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output before W_out, (B, C, H, W)."""
+        b, c, h, w = x.shape
+        # (B, 1, HW, C): one head over the H*W positions.
+        query = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        key = self.phi(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        value = self.g(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        y = F.scaled_dot_product_attention(query, key, value, scale=1.0)
+        return y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(self.attend(x))
+
+
+class BalancedFeaturePyramid(Backbone):
+    """Wraps an FPN backbone and balances its levels (METHODS.md §3).
+
+    For the FPN outputs ordered by stride (e.g. P2–P6) and the refine level r:
+
+    1. rescale every level to the size of level r: finer levels by adaptive max pooling,
+       coarser ones by nearest upsampling;
+    2. integrate: ``C = (1 / L) * sum_l C_l`` (no parameters);
+    3. refine C with a non-local block, a 3x3 conv, or nothing;
+    4. strengthen: rescale C back to each level (nearest upsampling for finer levels,
+       adaptive max pooling for coarser) and add it to that level.
+
+    The output has the same names, strides and channels as the wrapped FPN, so anything
+    built on it works unchanged.
+
+    Args:
+        fpn: a :class:`Backbone` whose outputs all have the same number of channels.
+        refine_level: index r of the integration level in the outputs ordered by stride.
+        refine_type: ``"non_local"``, ``"conv"`` or ``"none"``.
+
+    Raises:
+        ValueError: if the levels have different channels, ``refine_level`` is out of range
+            or ``refine_type`` unknown (naming the ``MODEL.LIBRA.BFP`` key).
+    """
+
+    def __init__(self, fpn: Backbone, refine_level: int = 2, refine_type: str = "non_local"):
+        super().__init__()
+        self.fpn = fpn
+        shapes = fpn.output_shape()
+        self._out_features = sorted(shapes, key=lambda name: shapes[name].stride)
+        self._out_feature_strides = {k: shapes[k].stride for k in self._out_features}
+        self._out_feature_channels = {k: shapes[k].channels for k in self._out_features}
+        channels = set(self._out_feature_channels.values())
+        if len(channels) != 1:
+            raise ValueError(
+                f"the balanced feature pyramid needs levels of equal channels, got {self._out_feature_channels}"
+            )
+        num_levels = len(self._out_features)
+        self.refine_level = check_range(
+            "MODEL.LIBRA.BFP.REFINE_LEVEL", refine_level, 0, num_levels - 1
+        )
+        self.refine_type = check_choice("MODEL.LIBRA.BFP.REFINE_TYPE", refine_type, REFINE_TYPES)
+        (c,) = channels
+        if refine_type == "non_local":
+            self.refine = NonLocalBlock2d(c)
+        elif refine_type == "conv":
+            self.refine = nn.Conv2d(c, c, 3, padding=1)
+            weight_init.c2_xavier_fill(self.refine)
+        else:
+            self.refine = nn.Identity()
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.fpn.size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return self.fpn.padding_constraints
+
+    def _rescale(self, x: torch.Tensor, level: int, size, to_refine: bool) -> torch.Tensor:
+        # Levels finer than the refine level are pooled down to it; when scattering back,
+        # they are upsampled. Coarser levels go the other way.
+        finer = level < self.refine_level
+        if finer == to_refine:
+            return F.adaptive_max_pool2d(x, size)
+        return F.interpolate(x, size=size, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: images, (B, 3, H, W).
+
+        Returns:
+            dict of level name -> (B, C, H_l, W_l), the balanced FPN levels.
+        """
+        features = self.fpn(x)
+        levels = [features[name] for name in self._out_features]
+        size = levels[self.refine_level].shape[-2:]
+        gathered = [self._rescale(f, i, size, to_refine=True) for i, f in enumerate(levels)]
+        balanced = self.refine(torch.stack(gathered).mean(dim=0))
+        return {
+            name: f + self._rescale(balanced, i, f.shape[-2:], to_refine=False)
+            for i, (name, f) in enumerate(zip(self._out_features, levels))
+        }
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return self.fpn.output_shape()
+
+
+@BACKBONE_REGISTRY.register()
+def build_bfp_backbone(cfg, input_shape: ShapeSpec) -> BalancedFeaturePyramid:
+    """Build the FPN named by ``MODEL.LIBRA.BFP.FPN_BACKBONE`` and wrap it in a BFP.
+
+    Select it with ``MODEL.BACKBONE.NAME: "build_bfp_backbone"``.
+
+    Raises:
+        ValueError: for an unknown FPN builder name, refine type or refine level.
+    """
+    name = cfg.MODEL.LIBRA.BFP.FPN_BACKBONE
+    if name == "build_bfp_backbone" or name not in BACKBONE_REGISTRY:
+        available = sorted(k for k, _ in BACKBONE_REGISTRY if k != "build_bfp_backbone")
+        raise ValueError(
+            f"MODEL.LIBRA.BFP.FPN_BACKBONE = {name!r} is not an FPN builder in BACKBONE_REGISTRY; "
+            f"choose one of {available}"
+        )
+    fpn = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+    return BalancedFeaturePyramid(
+        fpn,
+        refine_level=cfg.MODEL.LIBRA.BFP.REFINE_LEVEL,
+        refine_type=cfg.MODEL.LIBRA.BFP.REFINE_TYPE,
+    )

@@ -1,0 +1,139 @@
+"""Balanced feature pyramid (METHODS.md §3): shapes, the residual by hand, gradients, config checks."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone, build_backbone
+
+from libra_rcnn import BalancedFeaturePyramid, NonLocalBlock2d
+
+from conftest import load_cfg
+
+
+class FixedPyramid(Backbone):
+    """A stand-in FPN: returns given tensors (times a learnable scale, for gradients)."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = levels
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self._out_features = list(levels)
+
+    def forward(self, x):
+        return {k: v * self.scale for k, v in self.levels.items()}
+
+    def output_shape(self):
+        # Names given out of stride order on purpose: the BFP sorts by stride.
+        strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+        return {k: ShapeSpec(channels=v.shape[1], stride=strides[k]) for k, v in reversed(self.levels.items())}
+
+
+def small_levels(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = {"p2": 8, "p3": 4, "p4": 2}
+    return {k: torch.randn(2, 3, s, s, generator=g, dtype=torch.float64) for k, s in sizes.items()}
+
+
+def block_max(a, k):
+    """Max over k x k blocks of (..., H, W), in NumPy."""
+    *lead, h, w = a.shape
+    return a.reshape(*lead, h // k, k, w // k, k).max(axis=(-3, -1))
+
+
+def repeat(a, k):
+    """Nearest upsampling by k of (..., H, W), in NumPy."""
+    return a.repeat(k, axis=-2).repeat(k, axis=-1)
+
+
+def test_refine_none_is_the_gather_average_scatter_residual():
+    levels = small_levels()
+    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=1, refine_type="none")
+    out = bfp(torch.zeros(1))
+    p2, p3, p4 = (levels[k].numpy() for k in ("p2", "p3", "p4"))
+    # Refine level 1 (4x4): P2 max-pooled by 2, P3 as is, P4 upsampled by 2; then averaged.
+    integrated = (block_max(p2, 2) + p3 + repeat(p4, 2)) / 3
+    np.testing.assert_allclose(out["p2"].detach().numpy(), p2 + repeat(integrated, 2), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["p3"].detach().numpy(), p3 + integrated, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["p4"].detach().numpy(), p4 + block_max(integrated, 2), rtol=0, atol=1e-12)
+
+
+def test_refine_level_at_the_finest_and_coarsest():
+    levels = small_levels(1)
+    p2, p3, p4 = (levels[k].numpy() for k in ("p2", "p3", "p4"))
+    out0 = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=0, refine_type="none")(torch.zeros(1))
+    integrated0 = (p2 + repeat(p3, 2) + repeat(p4, 4)) / 3
+    np.testing.assert_allclose(out0["p4"].detach().numpy(), p4 + block_max(integrated0, 4), atol=1e-12)
+    out2 = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=2, refine_type="none")(torch.zeros(1))
+    integrated2 = (block_max(p2, 4) + block_max(p3, 2) + p4) / 3
+    np.testing.assert_allclose(out2["p2"].detach().numpy(), p2 + repeat(integrated2, 4), atol=1e-12)
+
+
+@pytest.mark.parametrize("refine_type", ["none", "conv", "non_local"])
+def test_gradients_reach_every_level(refine_type):
+    levels = {k: v.float().requires_grad_() for k, v in small_levels(2).items()}
+    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=1, refine_type=refine_type)
+    out = bfp(torch.zeros(1))
+    # Weight each output so that the gradient through the max-pooling is not trivial.
+    sum(((o * torch.linspace(0.5, 1.5, o.numel()).view_as(o)) ** 2).sum() for o in out.values()).backward()
+    for name, level in levels.items():
+        assert level.grad is not None and level.grad.abs().sum() > 0, name
+    for name, p in bfp.refine.named_parameters():
+        if name.startswith(("out", "weight", "bias")):  # theta / phi get no gradient while W_out is 0
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_non_local_starts_as_identity_and_matches_plain_attention():
+    block = NonLocalBlock2d(8).double()
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(block(x), x)
+    torch.nn.init.normal_(block.out.weight)
+    # The reference's unscaled embedded Gaussian, written with matmul and softmax.
+    theta = block.theta(x).flatten(2).transpose(1, 2)
+    phi = block.phi(x).flatten(2)
+    g = block.g(x).flatten(2).transpose(1, 2)
+    y = torch.softmax(theta @ phi, dim=-1) @ g
+    plain = x + block.out(y.transpose(1, 2).reshape(x.shape))
+    torch.testing.assert_close(block(x), plain, rtol=0, atol=1e-5)
+    block32 = block.float()
+    torch.testing.assert_close(block32(x.float()), plain.float(), rtol=0, atol=1e-5)
+
+
+def test_bfp_backbone_from_config_keeps_fpn_outputs():
+    cfg = load_cfg("configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml", ["MODEL.DEVICE", "cpu"])
+    bfp = build_backbone(cfg)
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    fpn = build_backbone(cfg)
+    assert isinstance(bfp, BalancedFeaturePyramid)
+    assert bfp.output_shape() == fpn.output_shape()
+    assert bfp.size_divisibility == fpn.size_divisibility
+    x = torch.randn(1, 3, 128, 96)
+    out_bfp, out_fpn = bfp(x), fpn(x)
+    assert list(out_bfp) == sorted(out_fpn, key=lambda k: fpn.output_shape()[k].stride)
+    for k in out_fpn:
+        assert out_bfp[k].shape == out_fpn[k].shape
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("MODEL.LIBRA.BFP.REFINE_TYPE", "attention"), ("MODEL.LIBRA.BFP.REFINE_LEVEL", 5),
+     ("MODEL.LIBRA.BFP.REFINE_LEVEL", -1), ("MODEL.LIBRA.BFP.FPN_BACKBONE", "build_nothing")],
+)
+def test_bad_bfp_config_names_the_key(key, value):
+    cfg = load_cfg("configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml", ["MODEL.DEVICE", "cpu", key, value])
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_backbone(cfg)
+
+
+def test_levels_of_different_channels_are_refused():
+    levels = {"p2": torch.zeros(1, 4, 8, 8), "p3": torch.zeros(1, 3, 4, 4)}
+    with pytest.raises(ValueError, match="equal channels"):
+        BalancedFeaturePyramid(FixedPyramid(levels), refine_level=0)
+
+
+def test_interpolation_helpers_agree_with_torch():
+    # Guards the NumPy helpers above against a silent mismatch with the ops the BFP uses.
+    a = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    np.testing.assert_allclose(F.adaptive_max_pool2d(a, 4).numpy(), block_max(a.numpy(), 2))
+    np.testing.assert_allclose(F.interpolate(a, size=(16, 16), mode="nearest").numpy(), repeat(a.numpy(), 2))
