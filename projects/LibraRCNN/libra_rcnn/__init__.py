@@ -1,0 +1,47 @@
+"""libra-rcnn: balanced learning for object detection, as a Detectron2 project.
+
+Importing this package registers every component in Detectron2's registries:
+
+- ``BACKBONE_REGISTRY``: ``build_bfp_backbone`` (balanced feature pyramid around an FPN);
+- ``ROI_HEADS_REGISTRY``: ``LibraROIHeads`` (IoU-balanced sampling, balanced L1 box loss);
+- ``DatasetCatalog``: ``fashion_scenes_train`` and ``fashion_scenes_val``.
+
+Add the project's config keys with :func:`add_libra_config`.
+"""
+from .balanced_l1 import balanced_l1_loss
+from .bfp import BalancedFeaturePyramid, NonLocalBlock2d, build_bfp_backbone
+from .box_predictor import LibraFastRCNNOutputLayers
+from .config import add_libra_config
+from .data import FASHION_MNIST_CLASSES, build_fashion_scenes, register_fashion_scenes
+from .roi_heads import LibraROIHeads
+from .sampling import (
+    BalancedRoISampler,
+    instance_balanced_positives,
+    iou_balanced_negatives,
+    random_negatives,
+    random_positives,
+    sample_within_groups,
+)
+
+register_fashion_scenes()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "add_libra_config",
+    "balanced_l1_loss",
+    "BalancedFeaturePyramid",
+    "NonLocalBlock2d",
+    "build_bfp_backbone",
+    "LibraFastRCNNOutputLayers",
+    "LibraROIHeads",
+    "BalancedRoISampler",
+    "sample_within_groups",
+    "instance_balanced_positives",
+    "random_positives",
+    "iou_balanced_negatives",
+    "random_negatives",
+    "FASHION_MNIST_CLASSES",
+    "build_fashion_scenes",
+    "register_fashion_scenes",
+]

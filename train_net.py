@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Train and evaluate libra-rcnn models with Detectron2's DefaultTrainer.
+
+    python train_net.py --config-file configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.yaml
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file CONFIG --num-gpus 8 --resume SOLVER.IMS_PER_BATCH 16
+
+Flags are Detectron2's (``default_argument_parser``); see libra_rcnn/engine.py.
+"""
+from detectron2.engine import default_argument_parser
+
+from libra_rcnn.engine import run
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    run(args)
