@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what the project needs, and only what is missing:
+#   - Debian's dataset-fashion-mnist (the real images of the Fashion-MNIST scenes), when root;
+#   - .venv at the repository root: torch 2.14.1 + torchvision 0.29.1 (PyPI), Detectron2 from the
+#     PyPI wheel sal-detectron2==0.7.2 (see README "Installation"), fvcore, iopath, pytest, and
+#     this project in editable mode.
+# A complete .venv is reused: a stamp records the hash of this script and setup.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FASHION_MNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FASHION_MNIST" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[bootstrap] installing Debian's dataset-fashion-mnist"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "error: $FASHION_MNIST not found; run: sudo apt-get install -y dataset-fashion-mnist" >&2
+    exit 1
+  fi
+fi
+
+STAMP=.venv/.libra-rcnn-complete
+WANT=$(cat scripts/bootstrap.sh setup.py | sha1sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+  exit 0
+fi
+
+echo "[bootstrap] creating .venv (torch, Detectron2, the project)"
+python3 -m venv .venv
+PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
+"${PIP[@]}" install "setuptools<81" wheel
+"${PIP[@]}" install torch==2.14.1 torchvision==0.29.1
+if ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
+  # Detectron2 is on PyPI only as sal-detectron2, a pure-Python wheel tagged cp310: fetch it
+  # for 3.10 and install it under a neutral name (its compiled extension is never loaded).
+  wheels=$(mktemp -d)
+  "${PIP[@]}" download --no-deps --only-binary=:all: --python-version 3.10 -d "$wheels" sal-detectron2==0.7.2
+  cp "$wheels"/sal_detectron2-0.7.2-cp310-*.whl "$wheels/sal_detectron2-0.7.2-py3-none-any.whl"
+  "${PIP[@]}" install "$wheels/sal_detectron2-0.7.2-py3-none-any.whl"
+  rm -rf "$wheels"
+fi
+# The wheel does not declare fvcore and iopath; numpy<2 and setuptools<81 as Detectron2 needs.
+"${PIP[@]}" install fvcore iopath "numpy<2" "setuptools<81" pytest
+"${PIP[@]}" install --no-deps --no-build-isolation -e .
+.venv/bin/python -c "import libra_rcnn, detectron2; print('[bootstrap] ready: detectron2', detectron2.__version__)"
+echo "$WANT" > "$STAMP"
