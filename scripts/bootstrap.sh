@@ -40,8 +40,9 @@ if ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
   "${PIP[@]}" install "$wheels/sal_detectron2-0.7.2-py3-none-any.whl"
   rm -rf "$wheels"
 fi
-# The wheel does not declare fvcore and iopath; numpy<2 and setuptools<81 as Detectron2 needs.
-"${PIP[@]}" install fvcore iopath "numpy<2" "setuptools<81" pytest
+# The wheel does not declare fvcore, iopath and OpenCV (its Visualizer imports cv2; OpenCV 4.12+
+# needs numpy 2); numpy<2 and setuptools<81 as Detectron2 needs.
+"${PIP[@]}" install fvcore iopath "opencv-python-headless<4.12" "numpy<2" "setuptools<81" pytest
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import libra_rcnn, detectron2; print('[bootstrap] ready: detectron2', detectron2.__version__)"
 echo "$WANT" > "$STAMP"

@@ -16,6 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .config import add_libra_config
 
@@ -95,14 +97,17 @@ def check_inputs(cfg: CfgNode, args) -> None:
     try:
         with torch.device("meta"):
             build_model(meta_cfg)
-    except ValueError as e:
-        raise InputError(str(e)) from e
+    except (ValueError, KeyError, AssertionError) as e:
+        raise InputError(str(e) or repr(e)) from e
+    except Exception as e:  # a module that cannot be built on the meta device: check skipped
+        logger.warning("Skipped the model check on the meta device: %r", e)
 
 
 def setup(args) -> CfgNode:
     """Build the config and run Detectron2's ``default_setup`` (logging, seed, config dump)."""
     cfg = build_config(args)
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="libra_rcnn")
     if cfg.MODEL.DEVICE == "cpu":
         logger.info("Running on the CPU (MODEL.DEVICE = cpu; CUDA available: %s)", torch.cuda.is_available())
     return cfg
