@@ -83,8 +83,8 @@ def load_fashion_mnist(split: str, root: str = FASHION_MNIST_DIR) -> Tuple[np.nd
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """float32 (size, size, 3) in [0, 1]: smooth coloured blotches, stripes and noise."""
-    coarse = rng.uniform(0.0, 0.45, size=(rng.integers(3, 9), rng.integers(3, 9), 3))
+    """float32 (size, size, 3) in [0, 1]: dark coloured blotches, faint stripes and noise."""
+    coarse = rng.uniform(0.0, 0.35, size=(rng.integers(3, 9), rng.integers(3, 9), 3))
     blotches = np.asarray(
         Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
         dtype=np.float32,
@@ -93,8 +93,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     angle = rng.uniform(0, np.pi)
     period = rng.uniform(6, 40)
     stripes = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (2 * np.pi / period))
-    image = blotches + rng.uniform(0.0, 0.12) * stripes[..., None]
-    image += rng.normal(0.0, rng.uniform(0.02, 0.08), size=image.shape).astype(np.float32)
+    image = blotches + rng.uniform(0.0, 0.08) * stripes[..., None]
+    image += rng.normal(0.0, rng.uniform(0.02, 0.05), size=image.shape).astype(np.float32)
     return np.clip(image, 0.0, 1.0)
 
 
@@ -160,8 +160,8 @@ def render_scene(
     size: int = 256,
     min_objects: int = 2,
     max_objects: int = 12,
-    max_clutter: int = 4,
-    min_visible: float = 0.5,
+    max_clutter: int = 3,
+    min_visible: float = 0.7,
 ) -> Tuple[np.ndarray, List[Dict]]:
     """Render one scene.
 
@@ -202,7 +202,7 @@ def render_scene(
         _, low, high = _SIZE_CLASSES[rng.choice(len(_SIZE_CLASSES), p=probs)]
         side = int(round(np.exp(rng.uniform(np.log(low), np.log(high))) * size / 256))
         layer = _item_layer(images[index], max(side, 4))
-        colour = rng.uniform(0.45, 1.0, size=3).astype(np.float32)
+        colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
         placed = _place(rng, owner, layer, full_area, min_visible)
         if placed is None:
             continue
