@@ -86,7 +86,7 @@ def test_train_net_cli_eval_only_prints_the_ap_table(trained, tiny_scenes):
      (["--config-file", "configs/nope.yaml"], "config file configs/nope.yaml not found"),
      (["--config-file", CONFIG, "DATASETS.TRAIN", "('no_such_set',)"], "dataset 'no_such_set' is not registered"),
      (["--config-file", CONFIG, "MODEL.LIBRA.BFP.REFINE_TYPE", "gcb"], "MODEL.LIBRA.BFP.REFINE_TYPE = 'gcb'"),
-     (["--config-file", CONFIG, "MODEL.LIBRA.NO_SUCH_KEY", "1"], "Non-existent config key: MODEL.LIBRA.NO_SUCH_KEY")],
+     (["--config-file", CONFIG, "MODEL.LIBRA.NO_SUCH_KEY", "1"], "Non-existent key: MODEL.LIBRA.NO_SUCH_KEY")],
 )
 def test_bad_input_is_a_one_line_error(argv, message, tiny_scenes):
     proc = train_net(*argv, datasets_root=tiny_scenes)
