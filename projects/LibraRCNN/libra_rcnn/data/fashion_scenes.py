@@ -1,9 +1,9 @@
 """Fashion-MNIST scenes: a small, real, deterministic detection dataset in COCO format.
 
-Each scene is a 256x256 RGB image on a textured, noisy background with 2–12 Fashion-MNIST
-items (real 28x28 product photos, Zalando) pasted at sizes from about 18 px to about
-170 px, overlapping, plus unannotated fragments of other items as clutter (hard
-negatives). Boxes are tight around the visible pixels of each item. Train scenes use only
+Each scene is a 256x256 RGB image on a dark textured, noisy background with 2–12
+Fashion-MNIST items (real 28x28 product photos, Zalando) pasted with canvas sides from 18 px
+to 175 px, overlapping (each keeps at least 70 % of its pixels visible), above 1–3
+unannotated fragments of other items as clutter (hard negatives). Boxes are tight around the visible pixels of each item. Train scenes use only
 Fashion-MNIST's train split, validation scenes only its test split. The same seed and
 arguments give the same files, byte for byte.
 
