@@ -100,3 +100,10 @@ def test_missing_dataset_files_name_the_file(tmp_path):
     proc = train_net("--config-file", CONFIG, datasets_root=tmp_path)
     assert proc.returncode == 2
     assert f"annotation file {tmp_path}/fashion_scenes/annotations/instances_train.json not found" in proc.stderr
+
+
+def test_missing_base_config_names_the_file(tmp_path):
+    config = tmp_path / "child.yaml"
+    config.write_text('_BASE_: "missing-base.yaml"\n')
+    proc = train_net("--config-file", str(config), datasets_root=tmp_path)
+    assert proc.returncode == 2 and "missing-base.yaml" in proc.stderr and "Traceback" not in proc.stderr

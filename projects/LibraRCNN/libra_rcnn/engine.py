@@ -56,7 +56,7 @@ def build_config(args) -> CfgNode:
     try:
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError) as e:
+    except (KeyError, ValueError, AssertionError, OSError) as e:  # OSError: a missing _BASE_
         raise InputError(f"{args.config_file}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
@@ -67,7 +67,7 @@ def build_config(args) -> CfgNode:
 def check_inputs(cfg: CfgNode, args) -> None:
     """Check, before any work starts, everything that would otherwise fail late.
 
-    - every dataset in ``DATASETS.TRAIN`` (unless ``--eval-only``) and ``DATASETS.TEST``
+    - every dataset in ``DATASETS.TRAIN`` (unless ``--eval-only``), then ``DATASETS.TEST``,
       is registered and, for COCO-format datasets, its annotation file exists;
     - ``MODEL.WEIGHTS``, when it is a local path (and always with ``--eval-only``), exists;
     - the model builds: the project's components refuse bad values with a message naming
@@ -76,7 +76,7 @@ def check_inputs(cfg: CfgNode, args) -> None:
     Raises:
         InputError: naming the dataset, file or key.
     """
-    names = list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+    names = ([] if args.eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
     registered = set(DatasetCatalog.list())
     for name in names:
         if name not in registered:
