@@ -4,6 +4,7 @@ Importing this package registers every component in Detectron2's registries:
 
 - ``BACKBONE_REGISTRY``: ``build_bfp_backbone`` (balanced feature pyramid around an FPN);
 - ``ROI_HEADS_REGISTRY``: ``LibraROIHeads`` (IoU-balanced sampling, balanced L1 box loss);
+- ``META_ARCH_REGISTRY``: ``LibraRetinaNet`` (RetinaNet with the balanced L1 box loss);
 - ``DatasetCatalog``: ``fashion_scenes_train`` and ``fashion_scenes_val``.
 
 Add the project's config keys with :func:`add_libra_config`.
@@ -13,6 +14,7 @@ from .bfp import BalancedFeaturePyramid, NonLocalBlock2d, build_bfp_backbone
 from .box_predictor import LibraFastRCNNOutputLayers
 from .config import add_libra_config
 from .data import FASHION_MNIST_CLASSES, build_fashion_scenes, register_fashion_scenes
+from .retinanet import LibraRetinaNet
 from .roi_heads import LibraROIHeads
 from .sampling import (
     BalancedRoISampler,
@@ -35,6 +37,7 @@ __all__ = [
     "build_bfp_backbone",
     "LibraFastRCNNOutputLayers",
     "LibraROIHeads",
+    "LibraRetinaNet",
     "BalancedRoISampler",
     "sample_within_groups",
     "instance_balanced_positives",

@@ -1,0 +1,120 @@
+"""RetinaNet whose box regression can use the balanced L1 loss (Libra RetinaNet, METHODS.md §5)."""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn import sigmoid_focal_loss_jit
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch import RetinaNet
+from detectron2.structures import Boxes
+from detectron2.utils.events import get_event_storage
+
+from .balanced_l1 import balanced_l1_loss
+from .config import BALANCED_L1_VARIANTS, check_choice, check_range
+
+__all__ = ["LibraRetinaNet"]
+
+# Detectron2's dense-detector loss types, plus the balanced L1 loss.
+DENSE_BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou", "balanced_l1")
+
+
+@META_ARCH_REGISTRY.register()
+class LibraRetinaNet(RetinaNet):
+    """Detectron2's ``RetinaNet`` with ``"balanced_l1"`` as a box loss type.
+
+    With ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE: "balanced_l1"`` the box loss is
+    :func:`balanced_l1_loss` of the positive anchors' predicted vs. GT ``box_delta``s
+    (parameters ``MODEL.LIBRA.BALANCED_L1.*``; Libra RetinaNet uses beta = 0.11), summed and
+    divided by the same moving average of the number of positive anchors as the focal loss.
+    Every other loss type, the focal loss, anchors, matching and inference are Detectron2's.
+    Combined with ``build_bfp_backbone`` around ``build_retinanet_resnet_fpn_backbone``
+    (refine level 1 of P3–P7) this is Libra RetinaNet.
+
+    Select with ``MODEL.META_ARCHITECTURE: "LibraRetinaNet"``.
+
+    Raises:
+        ValueError: at build time, for an unknown loss type or a balanced L1 parameter out of
+            range, naming the key.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        balanced_l1_alpha: float = 0.5,
+        balanced_l1_gamma: float = 1.5,
+        balanced_l1_beta: float = 0.11,
+        balanced_l1_variant: str = "paper",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_choice("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, DENSE_BOX_REG_LOSS_TYPES)
+        self.balanced_l1_alpha = check_range("MODEL.LIBRA.BALANCED_L1.ALPHA", balanced_l1_alpha, 0, low_open=True)
+        self.balanced_l1_gamma = check_range("MODEL.LIBRA.BALANCED_L1.GAMMA", balanced_l1_gamma, 0, low_open=True)
+        self.balanced_l1_beta = check_range("MODEL.LIBRA.BALANCED_L1.BETA", balanced_l1_beta, 0, low_open=True)
+        self.balanced_l1_variant = check_choice(
+            "MODEL.LIBRA.BALANCED_L1.VARIANT", balanced_l1_variant, BALANCED_L1_VARIANTS
+        )
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        ret.update(
+            balanced_l1_alpha=cfg.MODEL.LIBRA.BALANCED_L1.ALPHA,
+            balanced_l1_gamma=cfg.MODEL.LIBRA.BALANCED_L1.GAMMA,
+            balanced_l1_beta=cfg.MODEL.LIBRA.BALANCED_L1.BETA,
+            balanced_l1_variant=cfg.MODEL.LIBRA.BALANCED_L1.VARIANT,
+        )
+        return ret
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[torch.Tensor],
+        gt_labels: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+    ):
+        """Focal loss and box loss, each normalised by the EMA of the positive anchors.
+
+        Args:
+            anchors: per level, ``Boxes`` of the (Hi * Wi * A) anchors, XYXY_ABS pixels.
+            pred_logits: per level, (N, Hi * Wi * A, K) class logits.
+            gt_labels: per image, int64 (R,): class, ``num_classes`` for background, -1 ignored.
+            pred_anchor_deltas: per level, (N, Hi * Wi * A, 4).
+            gt_boxes: per image, (R, 4) matched GT boxes, XYXY_ABS pixels.
+
+        Returns:
+            dict with ``loss_cls`` and ``loss_box_reg`` (scalar tensors).
+        """
+        if self.box_reg_loss_type != "balanced_l1":
+            return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        labels = torch.stack(gt_labels)  # (N, R)
+        valid = labels >= 0
+        positive = valid & (labels != self.num_classes)
+        num_positive = positive.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_positive / len(gt_labels))
+        normalizer = self._ema_update("loss_normalizer", max(num_positive, 1), 100)
+
+        one_hot = F.one_hot(labels[valid], num_classes=self.num_classes + 1)[:, :-1]
+        logits = cat(pred_logits, dim=1)[valid]
+        loss_cls = sigmoid_focal_loss_jit(
+            logits, one_hot.to(logits.dtype), alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
+            reduction="sum",
+        )
+
+        all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
+        gt_deltas = torch.stack([self.box2box_transform.get_deltas(all_anchors, b) for b in gt_boxes])
+        loss_box_reg = balanced_l1_loss(
+            cat(pred_anchor_deltas, dim=1)[positive],
+            gt_deltas[positive],
+            alpha=self.balanced_l1_alpha,
+            gamma=self.balanced_l1_gamma,
+            beta=self.balanced_l1_beta,
+            variant=self.balanced_l1_variant,
+            reduction="sum",
+        )
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
