@@ -118,3 +118,21 @@ def test_balanced_l1_box_loss_is_normalised_like_smooth_l1():
     loss.backward()
     assert deltas.grad[0, 12:16].abs().sum() > 0  # class 3's deltas of the foreground RoI
     assert deltas.grad[1:].abs().sum() == 0 and deltas.grad[0, :12].abs().sum() == 0
+
+
+@pytest.mark.parametrize("loss_type", ["smooth_l1", "giou"])
+def test_other_loss_types_are_detectron2s(loss_type):
+    # The Libra predictor honours Detectron2's loss types: same value as FastRCNNOutputLayers.
+    from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+
+    ours = heads(overrides=["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type]).box_predictor
+    cfg = load_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type])
+    theirs = FastRCNNOutputLayers(cfg, ours.cls_score.in_features)
+    assert type(theirs) is FastRCNNOutputLayers and theirs.box_reg_loss_type == loss_type
+    proposals = torch.tensor([[10.0, 10, 50, 50], [0, 0, 30, 20], [5, 5, 25, 45]])
+    gt = torch.tensor([[12.0, 8, 54, 50], [2, 1, 28, 26], [5, 5, 25, 45]])
+    deltas = torch.randn(3, 40, generator=torch.Generator().manual_seed(0)) * 0.1
+    classes = torch.tensor([3, 7, 10])
+    torch.testing.assert_close(
+        ours.box_reg_loss(proposals, gt, deltas, classes), theirs.box_reg_loss(proposals, gt, deltas, classes)
+    )
