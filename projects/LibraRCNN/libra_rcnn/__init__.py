@@ -9,7 +9,7 @@ Importing this package registers every component in Detectron2's registries:
 
 Add the project's config keys with :func:`add_libra_config`.
 """
-from .balanced_l1 import balanced_l1_loss
+from .balanced_l1 import BalancedL1Options, balanced_l1_loss
 from .bfp import BalancedFeaturePyramid, NonLocalBlock2d, build_bfp_backbone
 from .box_predictor import LibraFastRCNNOutputLayers
 from .config import add_libra_config
@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "add_libra_config",
     "balanced_l1_loss",
+    "BalancedL1Options",
     "BalancedFeaturePyramid",
     "NonLocalBlock2d",
     "build_bfp_backbone",

@@ -1,12 +1,16 @@
 """Balanced L1 loss (Libra R-CNN §3.3, Eq. 4–9; METHODS.md §4)."""
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .config import BALANCED_L1_VARIANTS, check_choice, check_range
 
-__all__ = ["balanced_l1_loss"]
+__all__ = ["balanced_l1_loss", "BalancedL1Options", "BOX_REG_LOSS_TYPES"]
+
+# Detectron2's box regression loss types, plus the balanced L1 loss.
+BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou", "balanced_l1")
 
 
 def balanced_l1_loss(
@@ -85,3 +89,35 @@ def balanced_l1_loss(
     if reduction == "mean":
         return loss.mean() if loss.numel() > 0 else loss.sum()
     return loss
+
+
+@dataclass(frozen=True)
+class BalancedL1Options:
+    """The balanced L1 loss's parameters, checked, as the ``MODEL.LIBRA.BALANCED_L1`` keys.
+
+    Calling it computes :func:`balanced_l1_loss` with these parameters.
+
+    Raises:
+        ValueError: for a non-positive alpha, gamma or beta or an unknown variant, naming the
+            ``MODEL.LIBRA.BALANCED_L1`` key.
+    """
+
+    alpha: float = 0.5
+    gamma: float = 1.5
+    beta: float = 1.0
+    variant: str = "paper"
+
+    def __post_init__(self):
+        for key in ("alpha", "gamma", "beta"):
+            check_range(f"MODEL.LIBRA.BALANCED_L1.{key.upper()}", getattr(self, key), 0, low_open=True)
+        check_choice("MODEL.LIBRA.BALANCED_L1.VARIANT", self.variant, BALANCED_L1_VARIANTS)
+
+    @classmethod
+    def from_config(cls, cfg) -> "BalancedL1Options":
+        node = cfg.MODEL.LIBRA.BALANCED_L1
+        return cls(alpha=node.ALPHA, gamma=node.GAMMA, beta=node.BETA, variant=node.VARIANT)
+
+    def __call__(self, input: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        return balanced_l1_loss(
+            input, target, self.alpha, self.gamma, self.beta, reduction=reduction, variant=self.variant
+        )

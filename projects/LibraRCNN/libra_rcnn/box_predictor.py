@@ -4,13 +4,10 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
-from .balanced_l1 import balanced_l1_loss
-from .config import BALANCED_L1_VARIANTS, check_choice, check_range
+from .balanced_l1 import BOX_REG_LOSS_TYPES, BalancedL1Options
+from .config import check_choice
 
-__all__ = ["LibraFastRCNNOutputLayers", "BOX_REG_LOSS_TYPES"]
-
-# Detectron2's own loss types, plus the balanced L1 loss.
-BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou", "balanced_l1")
+__all__ = ["LibraFastRCNNOutputLayers"]
 
 
 class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -30,34 +27,15 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     @configurable
-    def __init__(
-        self,
-        input_shape,
-        *,
-        balanced_l1_alpha: float = 0.5,
-        balanced_l1_gamma: float = 1.5,
-        balanced_l1_beta: float = 1.0,
-        balanced_l1_variant: str = "paper",
-        **kwargs,
-    ):
+    def __init__(self, input_shape, *, balanced_l1: BalancedL1Options = BalancedL1Options(), **kwargs):
         super().__init__(input_shape, **kwargs)
         check_choice("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
-        self.balanced_l1_alpha = check_range("MODEL.LIBRA.BALANCED_L1.ALPHA", balanced_l1_alpha, 0, low_open=True)
-        self.balanced_l1_gamma = check_range("MODEL.LIBRA.BALANCED_L1.GAMMA", balanced_l1_gamma, 0, low_open=True)
-        self.balanced_l1_beta = check_range("MODEL.LIBRA.BALANCED_L1.BETA", balanced_l1_beta, 0, low_open=True)
-        self.balanced_l1_variant = check_choice(
-            "MODEL.LIBRA.BALANCED_L1.VARIANT", balanced_l1_variant, BALANCED_L1_VARIANTS
-        )
+        self.balanced_l1 = balanced_l1
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret.update(
-            balanced_l1_alpha=cfg.MODEL.LIBRA.BALANCED_L1.ALPHA,
-            balanced_l1_gamma=cfg.MODEL.LIBRA.BALANCED_L1.GAMMA,
-            balanced_l1_beta=cfg.MODEL.LIBRA.BALANCED_L1.BETA,
-            balanced_l1_variant=cfg.MODEL.LIBRA.BALANCED_L1.VARIANT,
-        )
+        ret["balanced_l1"] = BalancedL1Options.from_config(cfg)
         return ret
 
     def box_reg_loss(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
@@ -81,14 +59,7 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
             rows = torch.arange(pred_deltas.shape[0], device=pred_deltas.device)
             pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[rows, cls]
         gt_deltas = self.box2box_transform.get_deltas(proposal_boxes, gt_boxes)
-        loss = balanced_l1_loss(
-            pred_deltas,
-            gt_deltas,
-            alpha=self.balanced_l1_alpha,
-            gamma=self.balanced_l1_gamma,
-            beta=self.balanced_l1_beta,
-            variant=self.balanced_l1_variant,
-        )
+        loss = self.balanced_l1(pred_deltas, gt_deltas)
         # A mask, not an index: no host-device synchronisation.
         loss = torch.where(foreground[:, None], loss, torch.zeros_like(loss)).sum()
         return loss / max(gt_classes.numel(), 1.0)

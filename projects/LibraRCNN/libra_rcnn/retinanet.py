@@ -12,13 +12,10 @@ from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from .balanced_l1 import balanced_l1_loss
-from .config import BALANCED_L1_VARIANTS, check_choice, check_range
+from .balanced_l1 import BOX_REG_LOSS_TYPES, BalancedL1Options
+from .config import check_choice
 
 __all__ = ["LibraRetinaNet"]
-
-# Detectron2's dense-detector loss types, plus the balanced L1 loss.
-DENSE_BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou", "balanced_l1")
 
 
 @META_ARCH_REGISTRY.register()
@@ -41,33 +38,15 @@ class LibraRetinaNet(RetinaNet):
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        balanced_l1_alpha: float = 0.5,
-        balanced_l1_gamma: float = 1.5,
-        balanced_l1_beta: float = 0.11,
-        balanced_l1_variant: str = "paper",
-        **kwargs,
-    ):
+    def __init__(self, *, balanced_l1: BalancedL1Options = BalancedL1Options(beta=0.11), **kwargs):
         super().__init__(**kwargs)
-        check_choice("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, DENSE_BOX_REG_LOSS_TYPES)
-        self.balanced_l1_alpha = check_range("MODEL.LIBRA.BALANCED_L1.ALPHA", balanced_l1_alpha, 0, low_open=True)
-        self.balanced_l1_gamma = check_range("MODEL.LIBRA.BALANCED_L1.GAMMA", balanced_l1_gamma, 0, low_open=True)
-        self.balanced_l1_beta = check_range("MODEL.LIBRA.BALANCED_L1.BETA", balanced_l1_beta, 0, low_open=True)
-        self.balanced_l1_variant = check_choice(
-            "MODEL.LIBRA.BALANCED_L1.VARIANT", balanced_l1_variant, BALANCED_L1_VARIANTS
-        )
+        check_choice("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
+        self.balanced_l1 = balanced_l1
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret.update(
-            balanced_l1_alpha=cfg.MODEL.LIBRA.BALANCED_L1.ALPHA,
-            balanced_l1_gamma=cfg.MODEL.LIBRA.BALANCED_L1.GAMMA,
-            balanced_l1_beta=cfg.MODEL.LIBRA.BALANCED_L1.BETA,
-            balanced_l1_variant=cfg.MODEL.LIBRA.BALANCED_L1.VARIANT,
-        )
+        ret["balanced_l1"] = BalancedL1Options.from_config(cfg)
         return ret
 
     def losses(
@@ -108,13 +87,5 @@ class LibraRetinaNet(RetinaNet):
 
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         gt_deltas = torch.stack([self.box2box_transform.get_deltas(all_anchors, b) for b in gt_boxes])
-        loss_box_reg = balanced_l1_loss(
-            cat(pred_anchor_deltas, dim=1)[positive],
-            gt_deltas[positive],
-            alpha=self.balanced_l1_alpha,
-            gamma=self.balanced_l1_gamma,
-            beta=self.balanced_l1_beta,
-            variant=self.balanced_l1_variant,
-            reduction="sum",
-        )
+        loss_box_reg = self.balanced_l1(cat(pred_anchor_deltas, dim=1)[positive], gt_deltas[positive], "sum")
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
