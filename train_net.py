@@ -7,11 +7,7 @@
 
 Flags are Detectron2's (``default_argument_parser``); see libra_rcnn/engine.py.
 """
-from detectron2.engine import default_argument_parser
-
-from libra_rcnn.engine import run
+from libra_rcnn.engine import cli
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    run(args)
+    cli("train_net.py")

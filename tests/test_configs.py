@@ -49,3 +49,67 @@ def test_paper_settings(config_file, backbone, heads, loss):
     assert cfg.MODEL.LIBRA.SAMPLER.NUM_BINS == 3 and cfg.MODEL.LIBRA.BFP.REFINE_TYPE == "non_local"
     assert cfg.MODEL.LIBRA.BFP.REFINE_LEVEL == 2
     assert (cfg.MODEL.LIBRA.BALANCED_L1.ALPHA, cfg.MODEL.LIBRA.BALANCED_L1.GAMMA) == (0.5, 1.5)
+
+
+def _flat(cfg, prefix=""):
+    """{dotted key: value} of every leaf of a CfgNode."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _diff(config_file, reference_file):
+    """The keys (but OUTPUT_DIR) whose value differs between two configs, with config_file's value."""
+    a, b = _flat(load_cfg(config_file)), _flat(load_cfg(reference_file))
+    return {k: v for k, v in a.items() if v != b[k] and k != "OUTPUT_DIR"}
+
+
+TABLE2_ROWS = {  # row: (reference config, keys switched on top of it)
+    "table2_a_baseline": ("faster_rcnn", {}),
+    "table2_b_iou_sampling": ("faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads"}),
+    "table2_c_iou_sampling_bfp": (
+        "faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads", "MODEL.BACKBONE.NAME": "build_bfp_backbone"}),
+    "table2_d_balanced_l1": ("libra_rcnn", {}),
+    "bfp_refine_none": ("libra_rcnn", {"MODEL.LIBRA.BFP.REFINE_TYPE": "none"}),
+    "bfp_refine_conv": ("libra_rcnn", {"MODEL.LIBRA.BFP.REFINE_TYPE": "conv"}),
+    "bfp_refine_non_local": ("libra_rcnn", {}),
+    "sampler_bins_2": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.NUM_BINS": 2}),
+    "sampler_bins_3": ("libra_rcnn", {}),
+    "sampler_bins_5": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.NUM_BINS": 5}),
+    "sampler_binning_paper": ("libra_rcnn", {}),
+    "sampler_binning_mmdet": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.BINNING": "mmdet"}),
+}  # fmt: skip
+FAMILIES = {"COCO-Detection": "R_50_FPN_1x", "FashionScenes": "R_18_FPN_GN"}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("row", sorted(TABLE2_ROWS))
+def test_each_ablation_config_switches_exactly_its_component(family, row):
+    reference, switched = TABLE2_ROWS[row]
+    config = f"configs/{family}/ablation/{row}.yaml"
+    assert _diff(config, f"configs/{family}/{reference}_{FAMILIES[family]}.yaml") == switched
+    assert load_cfg(config).OUTPUT_DIR.endswith(f"ablation/{row}")
+
+
+def test_fashion_scenes_detectors_share_one_schedule():
+    files = [p for p in ALL_CONFIGS if p.startswith("configs/FashionScenes/")]
+    keys = ("SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.LR_SCHEDULER_NAME", "SEED")
+    schedules = {tuple(_flat(load_cfg(f))[k] for k in keys) for f in files}
+    assert schedules == {(800, 4, 0.02, "WarmupCosineLR", 7)}
+
+
+@pytest.mark.parametrize(
+    "config_file,switched",
+    [("configs/FashionScenes/libra_retinanet_R_18_FPN_GN.yaml",
+      {"MODEL.META_ARCHITECTURE": "LibraRetinaNet", "MODEL.BACKBONE.NAME": "build_bfp_backbone",
+       "MODEL.RETINANET.BBOX_REG_LOSS_TYPE": "balanced_l1"}),
+     ("configs/FashionScenes/retinanet_R_18_FPN_GN_giou.yaml", {"MODEL.RETINANET.BBOX_REG_LOSS_TYPE": "giou"})],
+)  # fmt: skip
+def test_fashion_scenes_retinanet_variants(config_file, switched):
+    assert _diff(config_file, "configs/FashionScenes/retinanet_R_18_FPN_GN.yaml") == switched
+    cfg = load_cfg(config_file)
+    assert (cfg.MODEL.LIBRA.BFP.REFINE_LEVEL, cfg.MODEL.LIBRA.BALANCED_L1.BETA) == (1, 0.11)

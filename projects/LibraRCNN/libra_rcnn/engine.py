@@ -6,6 +6,7 @@ file, weights file or dataset, or on a config value the project's components ref
 """
 import logging
 import os
+import resource
 import sys
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_setup, launch
+from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -21,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from .config import add_libra_config
 
-__all__ = ["Trainer", "InputError", "build_config", "check_inputs", "setup", "main", "run"]
+__all__ = ["Trainer", "PeakMemoryHook", "InputError", "build_config", "check_inputs", "setup", "main", "run", "cli"]
 
 logger = logging.getLogger("libra_rcnn")
 
@@ -30,8 +31,33 @@ class InputError(ValueError):
     """A missing file, an unknown dataset or a refused config value, named in the message."""
 
 
+class PeakMemoryHook(HookBase):
+    """Writes the process's peak memory so far, in MiB, as the scalar ``peak_memory_mib``.
+
+    On CUDA it is ``torch.cuda.max_memory_allocated`` (tensors only, the figure Detectron2
+    prints as ``max_mem``); on the CPU the peak resident set size of the training process
+    (``ru_maxrss``; data-loader workers not included). Both are host-side queries: no sync.
+    The value lands in ``metrics.json`` and TensorBoard with the other scalars.
+    """
+
+    def after_step(self):
+        device = torch.device(self.trainer.cfg.MODEL.DEVICE)
+        if device.type == "cuda":
+            mib = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        self.trainer.storage.put_scalar("peak_memory_mib", mib, smoothing_hint=False)
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` that evaluates every ``DATASETS.TEST`` with ``COCOEvaluator``."""
+    """``DefaultTrainer`` that evaluates every ``DATASETS.TEST`` with ``COCOEvaluator`` and
+    logs the peak memory (:class:`PeakMemoryHook`)."""
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if comm.is_main_process():  # before the PeriodicWriter, which Detectron2 puts last
+            hooks.insert(len(hooks) - 1, PeakMemoryHook())
+        return hooks
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> COCOEvaluator:
@@ -143,3 +169,14 @@ def run(args, prog: str = "train_net.py") -> None:
         dist_url=args.dist_url,
         args=(args,),
     )
+
+
+def cli(prog: str = "python -m libra_rcnn.engine", argv=None) -> None:
+    """Parse Detectron2's command line (``default_argument_parser``) and :func:`run` it."""
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    run(args, prog)
+
+
+if __name__ == "__main__":
+    cli()
