@@ -2,7 +2,8 @@
 # Installs what the project needs, and only what is missing:
 #   - Debian's dataset-fashion-mnist (the real images of the Fashion-MNIST scenes), when root;
 #   - .venv at the repository root: torch 2.14.1 + torchvision 0.29.1 (PyPI), Detectron2 from the
-#     PyPI wheel sal-detectron2==0.7.2 (see README "Installation"), fvcore, iopath, pytest, and
+#     PyPI wheel sal-detectron2==0.7.2 (see README "Installation"), fvcore, iopath, matplotlib (for
+#     the ablation charts), pytest, and
 #     this project in editable mode.
 # A complete .venv is reused: a stamp records the hash of this script and setup.py.
 set -euo pipefail
@@ -42,7 +43,7 @@ if ! .venv/bin/python -c "import detectron2" 2>/dev/null; then
 fi
 # The wheel does not declare fvcore, iopath and OpenCV (its Visualizer imports cv2; OpenCV 4.12+
 # needs numpy 2); numpy<2 and setuptools<81 as Detectron2 needs.
-"${PIP[@]}" install fvcore iopath "opencv-python-headless<4.12" "numpy<2" "setuptools<81" pytest
+"${PIP[@]}" install fvcore iopath matplotlib "opencv-python-headless<4.12" "numpy<2" "setuptools<81" pytest
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import libra_rcnn, detectron2; print('[bootstrap] ready: detectron2', detectron2.__version__)"
 echo "$WANT" > "$STAMP"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from libra_rcnn.ablation import _prepare, collect_result
+from libra_rcnn.ablation import _changed_settings, _prepare, collect_result
 from libra_rcnn.engine import InputError
 
 from conftest import REPO, SMALL_OVERRIDES
@@ -35,8 +35,13 @@ def test_collect_result_counts_a_resumed_iteration_once(tmp_path):
          "bbox/APm": 35.0, "bbox/APl": 40.0},
     ]  # fmt: skip
     (tmp_path / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "log.txt").write_text(
+        "[11/21 19:16:19] d2.evaluation.evaluator INFO: Total inference pure compute time: 0:00:14 "
+        "(0.074921 s / iter per device, on 1 devices)\n"
+    )
     result = collect_result(str(tmp_path))
     assert result["AP"] == 31.5 and result["APl"] == 40.0
+    assert result["s_per_image"] == 0.074921
     assert result["s_per_iter"] == 0.5  # median of 0.5, 0.6, 0.4: the first window and the replaced record left out
     assert result["peak_memory_mib"] == 120.0  # the killed process's record was replaced by the resumed one
 
@@ -45,6 +50,13 @@ def test_collect_result_without_evaluation_is_an_error(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"iteration": 0, "time": 1.0}) + "\n")
     with pytest.raises(RuntimeError, match="no bbox/AP"):
         collect_result(str(tmp_path))
+
+
+def test_settings_compare_only_keys_both_sides_have():
+    stored = {"SOLVER.BASE_LR": 0.02, "MODEL.LIBRA.BFP.REFINE_TYPE": "non_local", "OLD.KEY": 1}
+    current = {"SOLVER.BASE_LR": 0.01, "MODEL.LIBRA.BFP.REFINE_TYPE": "non_local", "MODEL.LIBRA.NEW.KEY": 2}
+    assert _changed_settings(stored, current) == ["SOLVER.BASE_LR"]
+    assert _changed_settings(stored, stored) == []
 
 
 def test_a_different_schedule_is_refused_before_training(tiny_scenes, tmp_path):
@@ -75,6 +87,7 @@ def test_runner_trains_tabulates_charts_and_skips_finished_configs(tiny_scenes, 
     for name in ("table2_a_baseline", "table2_d_balanced_l1"):
         result = json.loads((out / name / "result.json").read_text())
         assert 0.0 <= result["AP"] <= 100.0 and result["s_per_iter"] > 0 and result["peak_memory_mib"] > 0
+        assert result["s_per_image"] > 0
         assert result["device"] == "cpu"
         assert "SEED: 7" in (out / name / "config.yaml").read_text()
     stamps = [(out / n / "result.json").stat().st_mtime_ns for n in ("table2_a_baseline", "table2_d_balanced_l1")]
@@ -86,3 +99,4 @@ def test_runner_trains_tabulates_charts_and_skips_finished_configs(tiny_scenes, 
 
     changed = run_ablation("--configs", *TABLE2, "--out", str(out), *TINY, "SOLVER.BASE_LR", "0.001", datasets_root=tiny_scenes)
     assert changed.returncode == 2 and "was made with other settings" in changed.stderr
+    assert "(SOLVER.BASE_LR)" in changed.stderr

@@ -16,14 +16,15 @@ reference of the ``ΔAP`` column.
 
 Per config: box AP, AP50, AP75, APs, APm, APl of the final evaluation (Detectron2's
 ``COCOEvaluator``, in %), seconds per training iteration (median of Detectron2's ``time``
-scalar over the logged windows after the first), and the peak memory of the training process
-(:class:`libra_rcnn.engine.PeakMemoryHook`: CUDA tensors on a GPU, resident set on the CPU).
+scalar over the logged windows after the first), the peak memory of the training process
+(:class:`libra_rcnn.engine.PeakMemoryHook`: CUDA tensors on a GPU, resident set on the CPU),
+and the inference time per image of the final evaluation (Detectron2's log line).
 """
 import argparse
-import hashlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ SCHEDULE_KEYS = (
 )
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULT_FILE = "result.json"
+_PURE_COMPUTE = re.compile(r"Total inference pure compute time: .*\(([0-9.]+) s / iter per device")
 
 
 def _get(cfg: CfgNode, key: str):
@@ -60,6 +62,23 @@ def _get(cfg: CfgNode, key: str):
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def _settings(cfg: CfgNode, prefix: str = "") -> Dict[str, object]:
+    """Every leaf of ``cfg`` as ``{dotted key: value}``, values as JSON gives them back."""
+    flat: Dict[str, object] = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            flat.update(_settings(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return json.loads(json.dumps(flat))
+
+
+def _changed_settings(stored: Dict[str, object], current: Dict[str, object]) -> List[str]:
+    """Keys whose value differs between a finished run and the config now. Keys that only one
+    side has (added or removed by a newer version of the project) do not count."""
+    return sorted(k for k in stored.keys() & current.keys() if stored[k] != current[k])
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +93,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
 
 
 def _prepare(args: argparse.Namespace) -> Dict[str, dict]:
-    """Build and check every config; returns ``{name: {"config", "opts", "cfg", "digest"}}``.
+    """Build and check every config; returns ``{name: {"config", "opts", "cfg", "settings", "out_dir"}}``.
 
     Raises:
         InputError: a missing or refused config, two configs with the same file name, a
@@ -92,8 +111,7 @@ def _prepare(args: argparse.Namespace) -> Dict[str, dict]:
         check_inputs(cfg, run_args)
         if len(cfg.DATASETS.TEST) != 1:
             raise InputError(f"{path}: DATASETS.TEST must name one dataset, not {tuple(cfg.DATASETS.TEST)}")
-        digest = hashlib.sha1(cfg.dump().encode()).hexdigest()[:16]
-        runs[name] = {"config": path, "opts": opts, "cfg": cfg, "digest": digest, "out_dir": out_dir}
+        runs[name] = {"config": path, "opts": opts, "cfg": cfg, "settings": _settings(cfg), "out_dir": out_dir}
     first_name, first = next(iter(runs.items()))
     for name, run in runs.items():
         for key in SCHEDULE_KEYS:
@@ -122,7 +140,8 @@ def collect_result(out_dir: str) -> dict:
     Records repeated by a resumed run are counted once (the last one of an iteration wins).
 
     Returns:
-        dict with ``METRICS`` (box AP in %), ``s_per_iter`` and ``peak_memory_mib``.
+        dict with ``METRICS`` (box AP in %), ``s_per_iter``, ``peak_memory_mib`` and
+        ``s_per_image`` (inference, from ``log.txt``).
 
     Raises:
         RuntimeError: when ``metrics.json`` holds no final box AP.
@@ -143,7 +162,21 @@ def collect_result(out_dir: str) -> dict:
     result = {m: final[-1][f"bbox/{m}"] for m in METRICS}
     result["s_per_iter"] = statistics.median(times[1:] or times) if times else float("nan")
     result["peak_memory_mib"] = max(memory) if memory else float("nan")
+    result["s_per_image"] = _inference_time(os.path.join(out_dir, "log.txt"))
     return result
+
+
+def _inference_time(log_path: str) -> float:
+    """Seconds per image of the last evaluation, from Detectron2's own log line ("Total
+    inference pure compute time: ... (X s / iter per device ...)", batch 1 at test); NaN if none."""
+    found = float("nan")
+    if os.path.isfile(log_path):
+        with open(log_path) as f:
+            for line in f:
+                match = _PURE_COMPUTE.search(line)
+                if match:
+                    found = float(match.group(1))
+    return found
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -172,13 +205,13 @@ def write_table(results: Sequence[dict], path: str, header: str = "") -> str:
     """
     lines = [header] if header else []
     lines += [
-        "| config | AP | ΔAP | AP50 | AP75 | APs | APm | APl | s/iter | peak memory (MiB) | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | AP | ΔAP | AP50 | AP75 | APs | APm | APl | s/iter | peak memory (MiB) | s/image (inference) | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         delta = r["AP"] - results[0]["AP"]
         cells = [r["name"], f"{r['AP']:.1f}", f"{delta:+.1f}"] + [f"{r[m]:.1f}" for m in METRICS[1:]]
-        cells += [f"{r['s_per_iter']:.3f}", f"{r['peak_memory_mib']:.0f}", r["device"]]
+        cells += [f"{r['s_per_iter']:.3f}", f"{r['peak_memory_mib']:.0f}", f"{r['s_per_image']:.3f}", r["device"]]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
@@ -226,18 +259,21 @@ def main(argv=None) -> List[dict]:
         if os.path.isfile(result_path):
             with open(result_path) as f:
                 result = json.load(f)
-            if result["digest"] != run["digest"]:
+            changed = _changed_settings(result["settings"], run["settings"])
+            if changed:
                 print(
                     f"python -m libra_rcnn.ablation: error: {result_path} was made with other settings "
-                    f"than {run['config']} has now; remove {run['out_dir']} or choose another --out",
+                    f"than {run['config']} has now ({', '.join(changed)}); remove {run['out_dir']} "
+                    "or choose another --out",
                     file=sys.stderr,
                 )
                 sys.exit(2)
             print(f"[ablation] {name}: finished before, not trained again", flush=True)
+            result.update(collect_result(run["out_dir"]))  # the figures, always from the run's own files
         else:
             _train(run, args.num_gpus)
             result = collect_result(run["out_dir"])
-            result.update(name=name, config=run["config"], digest=run["digest"], device=run["cfg"].MODEL.DEVICE)
+            result.update(name=name, config=run["config"], device=run["cfg"].MODEL.DEVICE, settings=run["settings"])
             _write_json(result_path, result)
         results.append(result)
     cfg = next(iter(runs.values()))["cfg"]
