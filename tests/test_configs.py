@@ -27,7 +27,11 @@ def test_config_builds_and_trains_one_step(config_file, tiny_scenes):
         losses = model(batch)
     total = sum(losses.values())
     assert torch.isfinite(total), losses
-    assert {"loss_cls", "loss_box_reg"} <= set(losses)
+    anchor_free = cfg.MODEL.META_ARCHITECTURE == "FSAF"
+    if not anchor_free or cfg.MODEL.LIBRA.FSAF.ANCHOR_BASED:
+        assert {"loss_cls", "loss_box_reg"} <= set(losses)
+    if anchor_free:
+        assert {"loss_af_cls", "loss_af_box"} <= set(losses)
     if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
         assert {"loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
     total.backward()

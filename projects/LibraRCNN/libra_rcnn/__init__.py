@@ -4,7 +4,8 @@ Importing this package registers every component in Detectron2's registries:
 
 - ``BACKBONE_REGISTRY``: ``build_bfp_backbone`` (balanced feature pyramid around an FPN);
 - ``ROI_HEADS_REGISTRY``: ``LibraROIHeads`` (IoU-balanced sampling, balanced L1 box loss);
-- ``META_ARCH_REGISTRY``: ``LibraRetinaNet`` (RetinaNet with the balanced L1 box loss);
+- ``META_ARCH_REGISTRY``: ``LibraRetinaNet`` (RetinaNet with the balanced L1 box loss) and
+  ``FSAF`` (the feature-selective anchor-free module, alone or with RetinaNet's anchors);
 - ``DatasetCatalog``: ``fashion_scenes_train`` and ``fashion_scenes_val``.
 
 Add the project's config keys with :func:`add_libra_config`.
@@ -14,6 +15,7 @@ from .bfp import BalancedFeaturePyramid, NonLocalBlock2d, build_bfp_backbone
 from .box_predictor import LibraFastRCNNOutputLayers
 from .config import add_libra_config
 from .data import FASHION_MNIST_CLASSES, build_fashion_scenes, register_fashion_scenes
+from .fsaf import FSAF, FSAFHead, fsaf_targets, iou_loss, select_levels
 from .retinanet import LibraRetinaNet
 from .roi_heads import LibraROIHeads
 from .sampling import (
@@ -39,6 +41,11 @@ __all__ = [
     "LibraFastRCNNOutputLayers",
     "LibraROIHeads",
     "LibraRetinaNet",
+    "FSAF",
+    "FSAFHead",
+    "fsaf_targets",
+    "select_levels",
+    "iou_loss",
     "BalancedRoISampler",
     "sample_within_groups",
     "instance_balanced_positives",

@@ -15,13 +15,15 @@ REFINE_TYPES = ("none", "conv", "non_local")
 POS_SAMPLERS = ("instance_balanced", "random")
 NEG_SAMPLERS = ("iou_balanced", "random")
 BINNINGS = ("paper", "mmdet")
+FSAF_SELECTIONS = ("online", "heuristic")
+FSAF_BOX_LOSS_TYPES = ("iou", "giou")
 BALANCED_L1_VARIANTS = ("paper", "mmdet")
 
 
 def add_libra_config(cfg: CN) -> None:
     """Add the ``MODEL.LIBRA`` node, with every key at its default, to ``cfg`` in place.
 
-    Defaults are the paper's settings (METHODS.md §2–4):
+    Defaults are the papers' settings (METHODS.md §2–4, §7):
 
     - ``MODEL.LIBRA.BFP``: balanced feature pyramid (§3).
         - ``FPN_BACKBONE``: name in ``BACKBONE_REGISTRY`` of the FPN that the BFP wraps
@@ -42,6 +44,18 @@ def add_libra_config(cfg: CN) -> None:
         - ``ALPHA`` (0.5), ``GAMMA`` (1.5), ``BETA`` (1.0, the transition point).
         - ``VARIANT``: ``"paper"`` (|x| scaled by 1/beta, continuous gradient) or
           ``"mmdet"`` (the reference implementation's formula).
+    - ``MODEL.LIBRA.FSAF``: the feature-selective anchor-free module (§7), used with
+      ``MODEL.META_ARCHITECTURE: "FSAF"``.
+        - ``ANCHOR_BASED``: ``True`` trains RetinaNet's anchor-based branch jointly (AB+FSAF)
+          and merges both outputs before NMS; ``False`` is FSAF alone.
+        - ``EFFECTIVE_SCALE`` (eps_e, 0.2) and ``IGNORE_SCALE`` (eps_i, 0.5): sides of the
+          effective and ignoring boxes as a fraction of the GT box's.
+        - ``NORM_SCALE``: S (4.0); distances are predicted in units of S x the level's stride.
+        - ``SELECTION``: ``"online"`` (the level of minimum loss) or ``"heuristic"`` (FPN's
+          level rule, canonical size 224 at P4 as in Detectron2's RoI pooler).
+        - ``BOX_LOSS_TYPE``: ``"iou"`` (-ln IoU, the paper's) or ``"giou"`` (fvcore's
+          ``giou_loss``, bounded gradients; the FashionScenes configs use it).
+        - ``CLS_LOSS_WEIGHT`` (1.0), ``BOX_LOSS_WEIGHT`` (1.0): weights of the anchor-free losses.
     """
     cfg.MODEL.LIBRA = CN()
 
@@ -63,6 +77,16 @@ def add_libra_config(cfg: CN) -> None:
     cfg.MODEL.LIBRA.BALANCED_L1.GAMMA = 1.5
     cfg.MODEL.LIBRA.BALANCED_L1.BETA = 1.0
     cfg.MODEL.LIBRA.BALANCED_L1.VARIANT = "paper"
+
+    cfg.MODEL.LIBRA.FSAF = CN()
+    cfg.MODEL.LIBRA.FSAF.ANCHOR_BASED = True
+    cfg.MODEL.LIBRA.FSAF.EFFECTIVE_SCALE = 0.2
+    cfg.MODEL.LIBRA.FSAF.IGNORE_SCALE = 0.5
+    cfg.MODEL.LIBRA.FSAF.NORM_SCALE = 4.0
+    cfg.MODEL.LIBRA.FSAF.SELECTION = "online"
+    cfg.MODEL.LIBRA.FSAF.BOX_LOSS_TYPE = "iou"
+    cfg.MODEL.LIBRA.FSAF.CLS_LOSS_WEIGHT = 1.0
+    cfg.MODEL.LIBRA.FSAF.BOX_LOSS_WEIGHT = 1.0
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
