@@ -34,6 +34,9 @@ __all__ = ["FSAF", "FSAFHead", "fsaf_targets", "select_levels", "iou_loss"]
 # The box branch's bias at the start (the reference implementation's): distances of
 # 0.25 x S x stride, a box of S/2 strides around every pixel.
 BOX_BIAS_INIT = 0.25
+# FPN's level rule for heuristic selection (as Detectron2's RoI pooler): a 224-pixel box on P4.
+CANONICAL_BOX_SIZE = 224
+CANONICAL_LEVEL = 4
 
 
 def fsaf_targets(
@@ -253,10 +256,12 @@ class FSAF(LibraRetinaNet):
         """Anchor-free "anchors" (P, 4), their centres (P, 2), strides (P,) and level ids (P,)."""
         per_level = self.af_anchor_generator(features)
         anchors = Boxes.cat(per_level).tensor
-        counts = torch.tensor([len(b) for b in per_level], device=anchors.device)
-        level_ids = torch.repeat_interleave(torch.arange(len(per_level), device=anchors.device), counts)
-        strides = torch.tensor(self.af_anchor_generator.strides, device=anchors.device, dtype=anchors.dtype)
-        return anchors, (anchors[:, :2] + anchors[:, 2:]) / 2, strides[level_ids], level_ids
+        # Built from the levels' sizes, known on the host: no device sync.
+        level_ids = cat([torch.full((len(b),), i, device=anchors.device) for i, b in enumerate(per_level)])
+        strides = cat(
+            [torch.full((len(b),), float(s), device=anchors.device) for b, s in zip(per_level, self.af_anchor_generator.strides)]
+        )
+        return anchors, (anchors[:, :2] + anchors[:, 2:]) / 2, strides, level_ids
 
     def forward_training(self, images, features, predictions, gt_instances):
         ab_logits, ab_deltas, af_logits, af_distances = predictions
@@ -303,7 +308,9 @@ class FSAF(LibraRetinaNet):
             pixel_loss = (focal.sum(-1) + box_loss).detach()
             level = select_levels(pixel_loss, owner, level_ids, len(features), num_gt)
         else:
-            level = assign_boxes_to_levels([Boxes(gt_boxes.reshape(-1, 4))], *self.af_levels, 224, 4).view(batch, num_gt)
+            level = assign_boxes_to_levels(
+                [Boxes(gt_boxes.reshape(-1, 4))], *self.af_levels, CANONICAL_BOX_SIZE, CANONICAL_LEVEL
+            ).view(batch, num_gt)
         selected = positive & (level.gather(1, index) == level_ids[None])
         unselected = (positive & ~selected)[..., None]
         weight = (~ignored)[..., None].to(focal.dtype) * (1 - target_onehot * unselected)
