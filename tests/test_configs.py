@@ -6,6 +6,8 @@ from detectron2.data import build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from libra_rcnn.ablation import config_settings
+
 from conftest import ALL_CONFIGS, SMALL_OVERRIDES, load_cfg
 
 
@@ -55,20 +57,9 @@ def test_paper_settings(config_file, backbone, heads, loss):
     assert (cfg.MODEL.LIBRA.BALANCED_L1.ALPHA, cfg.MODEL.LIBRA.BALANCED_L1.GAMMA) == (0.5, 1.5)
 
 
-def _flat(cfg, prefix=""):
-    """{dotted key: value} of every leaf of a CfgNode."""
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _diff(config_file, reference_file):
     """The keys (but OUTPUT_DIR) whose value differs between two configs, with config_file's value."""
-    a, b = _flat(load_cfg(config_file)), _flat(load_cfg(reference_file))
+    a, b = config_settings(load_cfg(config_file)), config_settings(load_cfg(reference_file))
     return {k: v for k, v in a.items() if v != b[k] and k != "OUTPUT_DIR"}
 
 
@@ -102,7 +93,7 @@ def test_each_ablation_config_switches_exactly_its_component(family, row):
 def test_fashion_scenes_detectors_share_one_schedule():
     files = [p for p in ALL_CONFIGS if p.startswith("configs/FashionScenes/")]
     keys = ("SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.LR_SCHEDULER_NAME", "SEED")
-    schedules = {tuple(_flat(load_cfg(f))[k] for k in keys) for f in files}
+    schedules = {tuple(config_settings(load_cfg(f))[k] for k in keys) for f in files}
     assert schedules == {(800, 4, 0.02, "WarmupCosineLR", 7)}
 
 

@@ -38,7 +38,7 @@ from detectron2.config import CfgNode
 
 from .engine import InputError, build_config, check_inputs
 
-__all__ = ["SCHEDULE_KEYS", "METRICS", "main", "collect_result", "write_table", "plot_results"]
+__all__ = ["SCHEDULE_KEYS", "METRICS", "main", "config_settings", "collect_result", "write_table", "plot_results"]
 
 # Config keys that must be equal across the configs of one ablation.
 SCHEDULE_KEYS = (
@@ -57,19 +57,13 @@ RESULT_FILE = "result.json"
 _PURE_COMPUTE = re.compile(r"Total inference pure compute time: .*\(([0-9.]+) s / iter per device")
 
 
-def _get(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def _settings(cfg: CfgNode, prefix: str = "") -> Dict[str, object]:
-    """Every leaf of ``cfg`` as ``{dotted key: value}``, values as JSON gives them back."""
+def config_settings(cfg: CfgNode, prefix: str = "") -> Dict[str, object]:
+    """Every leaf of ``cfg`` as ``{dotted key: value}``, values as JSON gives them back
+    (tuples become lists), so that settings read from a ``result.json`` compare equal."""
     flat: Dict[str, object] = {}
     for key, value in cfg.items():
         if isinstance(value, CfgNode):
-            flat.update(_settings(value, f"{prefix}{key}."))
+            flat.update(config_settings(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return json.loads(json.dumps(flat))
@@ -111,14 +105,14 @@ def _prepare(args: argparse.Namespace) -> Dict[str, dict]:
         check_inputs(cfg, run_args)
         if len(cfg.DATASETS.TEST) != 1:
             raise InputError(f"{path}: DATASETS.TEST must name one dataset, not {tuple(cfg.DATASETS.TEST)}")
-        runs[name] = {"config": path, "opts": opts, "cfg": cfg, "settings": _settings(cfg), "out_dir": out_dir}
-    first_name, first = next(iter(runs.items()))
-    for name, run in runs.items():
+        runs[name] = {"config": path, "opts": opts, "cfg": cfg, "settings": config_settings(cfg), "out_dir": out_dir}
+    first = next(iter(runs.values()))
+    for run in runs.values():
         for key in SCHEDULE_KEYS:
-            if _get(run["cfg"], key) != _get(first["cfg"], key):
+            if run["settings"][key] != first["settings"][key]:
                 raise InputError(
-                    f"{run['config']}: {key} = {_get(run['cfg'], key)!r} differs from "
-                    f"{_get(first['cfg'], key)!r} in {first['config']}; one ablation needs one schedule "
+                    f"{run['config']}: {key} = {run['settings'][key]!r} differs from "
+                    f"{first['settings'][key]!r} in {first['config']}; one ablation needs one schedule "
                     f"(override it for all: ... {key} VALUE)"
                 )
     return runs
