@@ -2,10 +2,13 @@
 import torch
 
 from detectron2.config import configurable
+from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.utils.events import get_event_storage
 
 from .balanced_l1 import BOX_REG_LOSS_TYPES, BalancedL1Options
-from .config import check_choice
+from .config import check_choice, check_range
+from .imbalance import ELEMENTWISE_BOX_LOSSES, box_reg_loss_and_grad, inlier_gradient_sums
 
 __all__ = ["LibraFastRCNNOutputLayers"]
 
@@ -19,24 +22,89 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     normalises its smooth L1 loss; ``BBOX_REG_LOSS_WEIGHT`` still scales it. Every other
     loss type (``smooth_l1``, ``giou``, ...) is Detectron2's own, unchanged.
 
-    Extra config keys: ``MODEL.LIBRA.BALANCED_L1.{ALPHA, GAMMA, BETA, VARIANT}``.
+    Gradient shares (Libra R-CNN §3.3, METHODS.md §1): in training, with the loss type
+    ``smooth_l1`` or ``balanced_l1``, every ``MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD``
+    iterations (at the iterations where Detectron2's ``PeriodicWriter`` writes, for the
+    default 20) :meth:`losses` writes two scalars of that iteration's foreground RoIs to the
+    ``EventStorage``:
+
+    - ``box_reg/inlier_grad_share``: the share of the box-regression gradient magnitude
+      (sum of |dL/dx| over the 4 deltas) that comes from inliers, the RoIs whose loss
+      (summed over their 4 deltas, before weighting and normalisation) is below 1;
+    - ``box_reg/inlier_share``: the share of foreground RoIs that are inliers.
+
+    |dL/dx| is computed in closed form from the delta residuals (see
+    :func:`libra_rcnn.imbalance.box_reg_loss_and_grad`); the loss and its gradient are not
+    touched. This costs one host-device sync per period (the scalars' conversion), none in
+    the other iterations. ``giou``/``diou``/``ciou`` write no shares.
+
+    Extra config keys: ``MODEL.LIBRA.BALANCED_L1.{ALPHA, GAMMA, BETA, VARIANT}`` and
+    ``MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD``.
 
     Raises:
-        ValueError: at build time, for an unknown loss type or a balanced L1 parameter out of
-            range, naming the key.
+        ValueError: at build time, for an unknown loss type, a balanced L1 parameter out of
+            range or a negative period, naming the key.
     """
 
     @configurable
-    def __init__(self, input_shape, *, balanced_l1: BalancedL1Options = BalancedL1Options(), **kwargs):
+    def __init__(
+        self,
+        input_shape,
+        *,
+        balanced_l1: BalancedL1Options = BalancedL1Options(),
+        grad_share_period: int = 20,
+        **kwargs,
+    ):
         super().__init__(input_shape, **kwargs)
         check_choice("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
         self.balanced_l1 = balanced_l1
+        if grad_share_period != int(grad_share_period):
+            raise ValueError(
+                f"MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD = {grad_share_period!r} must be an integer >= 0"
+            )
+        self.grad_share_period = check_range("MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD", int(grad_share_period), 0)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["balanced_l1"] = BalancedL1Options.from_config(cfg)
+        ret["grad_share_period"] = cfg.MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD
         return ret
+
+    def losses(self, predictions, proposals):
+        """Detectron2's losses; on the periods' iterations also the gradient shares (see above)."""
+        losses = super().losses(predictions, proposals)
+        period = self.grad_share_period
+        if self.training and period > 0 and self.box_reg_loss_type in ELEMENTWISE_BOX_LOSSES and len(proposals):
+            storage = get_event_storage()
+            if (storage.iter + 1) % period == 0:
+                self._put_grad_shares(storage, predictions[1], proposals)
+        return losses
+
+    @torch.no_grad()
+    def _put_grad_shares(self, storage, pred_deltas, proposals) -> None:
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
+        gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0)
+        foreground, pred_deltas, gt_deltas = self._foreground_deltas(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
+        loss, grad = box_reg_loss_and_grad(
+            pred_deltas.float() - gt_deltas.float(), self.box_reg_loss_type, self.smooth_l1_beta, self.balanced_l1
+        )
+        inlier_grad, total_grad, inliers, samples = inlier_gradient_sums(loss, grad, foreground).tolist()  # one sync
+        if samples > 0:
+            storage.put_scalar("box_reg/inlier_grad_share", inlier_grad / max(total_grad, 1e-12), smoothing_hint=False)
+            storage.put_scalar("box_reg/inlier_share", inliers / samples, smoothing_hint=False)
+
+    def _foreground_deltas(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
+        """(foreground bool (R,), predicted deltas of each RoI's GT class (R, 4), GT deltas (R, 4))."""
+        box_dim = proposal_boxes.shape[1]
+        foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        if pred_deltas.shape[1] != box_dim:
+            # Pick each RoI's deltas of its GT class; background RoIs are masked out by the caller.
+            cls = gt_classes.clamp(0, self.num_classes - 1)
+            rows = torch.arange(pred_deltas.shape[0], device=pred_deltas.device)
+            pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[rows, cls]
+        return foreground, pred_deltas, self.box2box_transform.get_deltas(proposal_boxes, gt_boxes)
 
     def box_reg_loss(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
         """Box regression loss over the R sampled RoIs of a batch.
@@ -51,14 +119,7 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         if self.box_reg_loss_type != "balanced_l1":
             return super().box_reg_loss(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
-        box_dim = proposal_boxes.shape[1]
-        foreground = (gt_classes >= 0) & (gt_classes < self.num_classes)
-        if pred_deltas.shape[1] != box_dim:
-            # Pick each RoI's deltas of its GT class; background RoIs are masked out below.
-            cls = gt_classes.clamp(0, self.num_classes - 1)
-            rows = torch.arange(pred_deltas.shape[0], device=pred_deltas.device)
-            pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[rows, cls]
-        gt_deltas = self.box2box_transform.get_deltas(proposal_boxes, gt_boxes)
+        foreground, pred_deltas, gt_deltas = self._foreground_deltas(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
         loss = self.balanced_l1(pred_deltas, gt_deltas)
         # A mask, not an index: no host-device synchronisation.
         loss = torch.where(foreground[:, None], loss, torch.zeros_like(loss)).sum()

@@ -7,13 +7,14 @@ from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.roi_heads import StandardROIHeads
-from detectron2.structures import Instances, pairwise_iou
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from .box_predictor import LibraFastRCNNOutputLayers
+from .imbalance import HARD_NEGATIVE_IOU, NEG_IOU_BIN_EDGES, NEG_IOU_BIN_NAMES, negative_iou_counts
 from .sampling import BalancedRoISampler
 
-__all__ = ["LibraROIHeads"]
+__all__ = ["LibraROIHeads", "build_roi_sampler", "label_proposals"]
 
 
 def _background_iou_thresh(matcher) -> float:
@@ -25,6 +26,58 @@ def _background_iou_thresh(matcher) -> float:
             f"labels {matcher.labels} for thresholds {matcher.thresholds[1:-1]}"
         )
     return float(max(uppers))
+
+
+def label_proposals(proposal_matcher, num_classes: int, proposal_boxes: Boxes, targets: Instances):
+    """Match one image's proposals to its GT boxes, as Detectron2's ``ROIHeads`` does.
+
+    Args:
+        proposal_matcher: the RoI heads' Detectron2 ``Matcher``.
+        num_classes: foreground classes; background is labelled ``num_classes``.
+        proposal_boxes: ``Boxes`` (N, 4), XYXY_ABS pixels.
+        targets: ``Instances`` with ``gt_boxes`` (G, 4) and ``gt_classes`` (G,).
+
+    Returns:
+        (gt_classes, max_iou, matched_idxs): int64 (N,) class in [0, num_classes),
+        ``num_classes`` for background or -1 for ignored; float (N,) maximum IoU over the GT
+        boxes (0 without GT boxes); int64 (N,) index of the matched GT box (0 without GT boxes).
+    """
+    iou = pairwise_iou(targets.gt_boxes, proposal_boxes)
+    matched_idxs, matched_labels = proposal_matcher(iou)
+    if len(targets) > 0:
+        classes = targets.gt_classes[matched_idxs]
+        classes[matched_labels == 0] = num_classes
+        classes[matched_labels == -1] = -1
+        max_iou = iou.max(dim=0).values
+    else:
+        classes = torch.full_like(matched_idxs, num_classes)
+        max_iou = torch.zeros(len(proposal_boxes), device=matched_idxs.device)
+    return classes, max_iou, matched_idxs
+
+
+def build_roi_sampler(cfg, proposal_matcher) -> BalancedRoISampler:
+    """The RoI sampler of ``MODEL.LIBRA.SAMPLER`` and ``MODEL.ROI_HEADS`` (METHODS.md §2).
+
+    Args:
+        cfg: a config with the project's keys (:func:`add_libra_config`).
+        proposal_matcher: the RoI heads' Detectron2 ``Matcher``; its background interval's
+            upper end is the sampler's background IoU threshold.
+
+    Raises:
+        ValueError: for a sampler key out of range, naming it.
+    """
+    s = cfg.MODEL.LIBRA.SAMPLER
+    return BalancedRoISampler(
+        batch_size_per_image=cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+        pos=s.POS,
+        neg=s.NEG,
+        num_bins=s.NUM_BINS,
+        binning=s.BINNING,
+        floor_thr=s.FLOOR_THR,
+        floor_fraction=s.FLOOR_FRACTION,
+        bg_iou_thresh=_background_iou_thresh(proposal_matcher),
+    )
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -42,6 +95,18 @@ class LibraROIHeads(StandardROIHeads):
     copied to the sampled proposals (so mask and keypoint heads work unchanged), and the
     ``roi_head/num_fg_samples`` / ``num_bg_samples`` scalars.
 
+    Sampling statistics (METHODS.md §1, Libra R-CNN Fig. 3), written to the ``EventStorage``
+    every iteration, per image (mean over the batch) like ``num_bg_samples``:
+
+    - ``roi_head/num_bg_iou_{00_05, 05_10, 10_20, 20_30, 30_40, 40_bg}``: sampled negatives
+      whose maximum IoU with the image's GT boxes lies in [0, 0.05), [0.05, 0.1), [0.1, 0.2),
+      [0.2, 0.3), [0.3, 0.4) and [0.4, background threshold); they sum to ``num_bg_samples``.
+    - ``roi_head/hard_negative_share``: the share of the batch's sampled negatives with IoU
+      >= 0.05, the paper's boundary between easy negatives and the range where about 60 % of
+      the hard (top-loss) negatives lie. It is omitted when no negative was sampled.
+
+    They ride on the one host-device sync that the sampling already needs (no extra one).
+
     Select with ``MODEL.ROI_HEADS.NAME: "LibraROIHeads"``.
     """
 
@@ -55,18 +120,7 @@ class LibraROIHeads(StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        s = cfg.MODEL.LIBRA.SAMPLER
-        ret["sampler"] = BalancedRoISampler(
-            batch_size_per_image=ret["batch_size_per_image"],
-            positive_fraction=ret["positive_fraction"],
-            pos=s.POS,
-            neg=s.NEG,
-            num_bins=s.NUM_BINS,
-            binning=s.BINNING,
-            floor_thr=s.FLOOR_THR,
-            floor_fraction=s.FLOOR_FRACTION,
-            bg_iou_thresh=_background_iou_thresh(ret["proposal_matcher"]),
-        )
+        ret["sampler"] = build_roi_sampler(cfg, ret["proposal_matcher"])
         return ret
 
     @classmethod
@@ -100,16 +154,9 @@ class LibraROIHeads(StandardROIHeads):
         gt_classes, max_iou, gt_index, image_index, matches = [], [], [], [], []
         num_gts = 0
         for i, (proposals_i, targets_i) in enumerate(zip(proposals, targets)):
-            iou = pairwise_iou(targets_i.gt_boxes, proposals_i.proposal_boxes)
-            matched_idxs, matched_labels = self.proposal_matcher(iou)
-            if len(targets_i) > 0:
-                classes = targets_i.gt_classes[matched_idxs]
-                classes[matched_labels == 0] = self.num_classes
-                classes[matched_labels == -1] = -1
-                best_iou = iou.max(dim=0).values
-            else:
-                classes = torch.full_like(matched_idxs, self.num_classes)
-                best_iou = torch.zeros(len(proposals_i), device=matched_idxs.device)
+            classes, best_iou, matched_idxs = label_proposals(
+                self.proposal_matcher, self.num_classes, proposals_i.proposal_boxes, targets_i
+            )
             gt_classes.append(classes)
             max_iou.append(best_iou)
             gt_index.append(matched_idxs + num_gts)
@@ -119,9 +166,10 @@ class LibraROIHeads(StandardROIHeads):
 
         gt_classes = torch.cat(gt_classes)
         image_index = torch.cat(image_index)
+        max_iou = torch.cat(max_iou)
         pos, neg = self.sampler(
             gt_classes,
-            torch.cat(max_iou),
+            max_iou,
             torch.cat(gt_index),
             image_index,
             num_images=len(proposals),
@@ -136,7 +184,9 @@ class LibraROIHeads(StandardROIHeads):
         sampled = sampled[order]
         per_image = torch.zeros(len(proposals), dtype=torch.int64, device=sampled.device)
         per_image.scatter_add_(0, image_index[sampled], torch.ones_like(sampled))
-        *counts, num_fg = torch.cat([per_image, pos.sum().view(1)]).tolist()  # one sync
+        n = len(proposals)
+        values = torch.cat([per_image, pos.sum().view(1), negative_iou_counts(max_iou, neg)]).tolist()  # one sync
+        counts, num_fg, bg_per_bin = values[:n], values[n], values[n + 1 :]
 
         proposals_with_gt = []
         offset = 0
@@ -158,4 +208,10 @@ class LibraROIHeads(StandardROIHeads):
         num_images = max(len(proposals), 1)
         storage.put_scalar("roi_head/num_fg_samples", num_fg / num_images)
         storage.put_scalar("roi_head/num_bg_samples", (sum(counts) - num_fg) / num_images)
+        for name, count in zip(NEG_IOU_BIN_NAMES, bg_per_bin):
+            storage.put_scalar(f"roi_head/num_bg_iou_{name}", count / num_images)
+        num_bg = sum(bg_per_bin)
+        if num_bg > 0:
+            hard = sum(c for edge, c in zip(NEG_IOU_BIN_EDGES, bg_per_bin) if edge >= HARD_NEGATIVE_IOU)
+            storage.put_scalar("roi_head/hard_negative_share", hard / num_bg)
         return proposals_with_gt

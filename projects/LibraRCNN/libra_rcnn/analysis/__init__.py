@@ -1,0 +1,11 @@
+"""Commands that draw the imbalances of Libra R-CNN (METHODS.md §1) as PNG files.
+
+- ``python -m libra_rcnn.analysis.iou_histograms``: Fig. 3, IoU histograms of random,
+  IoU-balanced and hard negatives for a config and its weights over a dataset split;
+- ``python -m libra_rcnn.analysis.balanced_l1_curves``: Fig. 5, gradient and loss of the
+  balanced L1 loss against smooth L1;
+- ``python -m libra_rcnn.analysis.training_stats``: the sampling statistics and gradient
+  shares that training wrote to ``metrics.json``, over the iterations of one or more runs.
+
+The statistics themselves are computed by :mod:`libra_rcnn.imbalance`.
+"""
