@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny Fashion-MNIST scenes dataset and config helpers."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,7 @@ import torch
 
 import libra_rcnn
 from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -24,6 +27,33 @@ SMALL_OVERRIDES = [
     "INPUT.MAX_SIZE_TRAIN", "128",
     "SOLVER.IMS_PER_BATCH", "2",
 ]  # fmt: skip
+
+# The tiny split of the fixture below, for train_net.py-style runs of the Libra R-CNN config.
+CONFIG = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
+TINY = [
+    *SMALL_OVERRIDES,
+    "DATASETS.TRAIN", "('tiny_scenes_train',)",
+    "DATASETS.TEST", "('tiny_scenes_val',)",
+    "DATALOADER.NUM_WORKERS", "0",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128",
+]  # fmt: skip
+# The same for a train_net.py subprocess, which registers the split as fashion_scenes_*.
+TINY_CLI = [a.replace("tiny_scenes", "fashion_scenes") for a in TINY]
+
+
+def args_for(*argv):
+    """train_net.py's parsed command line."""
+    return default_argument_parser().parse_args(list(argv))
+
+
+def train_net(*argv, datasets_root, timeout=600):
+    """Run train_net.py in a subprocess with ``DETECTRON2_DATASETS=datasets_root``."""
+    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), *argv], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
 
 
 def load_cfg(config_file, overrides=()):

@@ -1,37 +1,10 @@
 """End to end: train on a tiny scenes split, checkpoint, evaluate with train_net.py --eval-only."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from detectron2.engine import default_argument_parser
-
 from libra_rcnn.engine import Trainer, build_config, main
 
-from conftest import REPO, SMALL_OVERRIDES
-
-CONFIG = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
-TINY = [
-    *SMALL_OVERRIDES,
-    "DATASETS.TRAIN", "('tiny_scenes_train',)",
-    "DATASETS.TEST", "('tiny_scenes_val',)",
-    "DATALOADER.NUM_WORKERS", "0",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128",
-]  # fmt: skip
-
-
-def args_for(*argv):
-    return default_argument_parser().parse_args(list(argv))
-
-
-def train_net(*argv, datasets_root):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+from conftest import CONFIG, REPO, TINY, TINY_CLI, args_for, train_net
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +42,7 @@ def test_eval_only_returns_coco_metrics(trained):
 
 def test_train_net_cli_eval_only_prints_the_ap_table(trained, tiny_scenes):
     out, _ = trained
-    tiny_default = [a.replace("tiny_scenes", "fashion_scenes") for a in TINY]
-    proc = train_net("--config-file", CONFIG, "--eval-only", *tiny_default,
+    proc = train_net("--config-file", CONFIG, "--eval-only", *TINY_CLI,
                      "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(out / "cli"),
                      datasets_root=tiny_scenes)
     assert proc.returncode == 0, proc.stderr[-3000:]

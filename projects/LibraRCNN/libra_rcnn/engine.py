@@ -3,26 +3,57 @@
 ``train_net.py`` is a thin wrapper over :func:`run`: Detectron2's argument parser,
 ``launch``, and checks that fail in one line, before any work starts, on a missing config
 file, weights file or dataset, or on a config value the project's components refuse.
+Training records are checked before the first step (:mod:`libra_rcnn.data.checks`),
+checkpoints are written atomically (:class:`AtomicCheckpointer`), a resumed run's
+``metrics.json`` holds each iteration once, and ``--num-gpus N`` also works on a CPU-only
+machine (N processes over gloo).
 """
+import json
 import logging
 import os
 import resource
 import sys
+import weakref
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    HookBase,
+    SimpleTrainer,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .checkpoint import AtomicCheckpointer
 from .config import add_libra_config
+from .data.checks import DatasetError, check_image_files, load_train_records
 
-__all__ = ["Trainer", "PeakMemoryHook", "InputError", "build_config", "check_inputs", "setup", "main", "run", "cli"]
+__all__ = [
+    "Trainer",
+    "PeakMemoryHook",
+    "InputError",
+    "build_config",
+    "check_inputs",
+    "truncate_metrics",
+    "setup",
+    "main",
+    "run",
+    "cli",
+]
+
+# Meta-architectures whose classes are set by MODEL.RETINANET.NUM_CLASSES.
+_ONE_STAGE = ("RetinaNet", "LibraRetinaNet", "FSAF")
 
 logger = logging.getLogger("libra_rcnn")
 
@@ -49,9 +80,93 @@ class PeakMemoryHook(HookBase):
         self.trainer.storage.put_scalar("peak_memory_mib", mib, smoothing_hint=False)
 
 
+def truncate_metrics(path: str, start_iter: int) -> int:
+    """Cut a Detectron2 ``metrics.json`` before the first line of iteration >= ``start_iter``.
+
+    A run killed after its last checkpoint has logged iterations that the resumed run logs
+    again; a torn last line (killed mid-write) is cut too. The file is truncated in place,
+    so a ``JSONWriter`` that already holds it open in append mode writes after the kept part.
+
+    Returns:
+        the number of lines kept (0 when there is no file).
+    """
+    if not os.path.isfile(path):
+        return 0
+    kept_bytes, kept_lines = 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                iteration = json.loads(line)["iteration"]
+            except (ValueError, KeyError, TypeError):
+                break
+            if not line.endswith(b"\n") or iteration >= start_iter:
+                break
+            kept_bytes += len(line)
+            kept_lines += 1
+    os.truncate(path, kept_bytes)
+    return kept_lines
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` that evaluates every ``DATASETS.TEST`` with ``COCOEvaluator`` and
-    logs the peak memory (:class:`PeakMemoryHook`)."""
+    """Detectron2's ``DefaultTrainer`` with:
+
+    - every ``DATASETS.TEST`` evaluated with ``COCOEvaluator``;
+    - the peak memory logged (:class:`PeakMemoryHook`);
+    - training records checked, bad GT boxes dropped with a logged count
+      (:func:`libra_rcnn.data.checks.load_train_records`);
+    - atomic checkpoints (:class:`AtomicCheckpointer`);
+    - ``metrics.json`` cut back to the resumed iteration on ``--resume`` (:func:`truncate_metrics`);
+    - the iteration named in every ``FloatingPointError`` (a NaN/Inf loss or prediction);
+    - ``DistributedDataParallel`` on the CPU: Detectron2 passes ``device_ids`` to DDP, which
+      DDP refuses for a CPU model, so this constructor (otherwise the same steps as
+      ``DefaultTrainer.__init__``) leaves them out when ``MODEL.DEVICE`` is the CPU.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        super(DefaultTrainer, self).__init__()  # TrainerBase: hooks, iteration counters
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_args = {"device_ids": None} if torch.device(cfg.MODEL.DEVICE).type == "cpu" else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_args)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def run_step(self):
+        """Detectron2's step; a ``FloatingPointError`` raised without the iteration gets it.
+
+        Detectron2 names the iteration when the loss is not finite, but not when the RPN's
+        boxes or scores are (its "Training has diverged" error); both then name it.
+        """
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            if "iteration" in str(e):
+                raise
+            raise FloatingPointError(f"{e} (at iteration={self.iter})") from e
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0 and comm.is_main_process():
+            kept = truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
+            logger.info("Resuming at iteration %d; kept %d lines of metrics.json", self.start_iter, kept)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        if cfg.MODEL.META_ARCHITECTURE in _ONE_STAGE:
+            num_classes, key = cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"
+        else:
+            num_classes, key = cfg.MODEL.ROI_HEADS.NUM_CLASSES, "MODEL.ROI_HEADS.NUM_CLASSES"
+        return build_detection_train_loader(cfg, dataset=load_train_records(cfg, num_classes, key))
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -140,15 +255,34 @@ def setup(args) -> CfgNode:
 
 
 def main(args):
-    """Train, or with ``--eval-only`` evaluate ``MODEL.WEIGHTS``; returns the metrics."""
+    """Train, or with ``--eval-only`` evaluate ``MODEL.WEIGHTS``; returns the metrics.
+
+    Before training starts, the training records are checked (:class:`Trainer`) and so are
+    the image files of every ``DATASETS.TEST``, so that the final evaluation cannot fail on
+    a missing file hours later.
+
+    Raises:
+        DatasetError: for data that cannot be trained or evaluated on, naming the record.
+    """
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
+    for name in cfg.DATASETS.TEST:
+        check_image_files(DatasetCatalog.get(name), f"DATASETS.TEST {name!r}")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def _main_or_exit(args, prog: str):
+    """:func:`main`, with bad data reported in one line and exit status 2 (on every process)."""
+    try:
+        return main(args)
+    except DatasetError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run(args, prog: str = "train_net.py") -> None:
@@ -162,12 +296,12 @@ def run(args, prog: str = "train_net.py") -> None:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     launch(
-        main,
+        _main_or_exit,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(args, prog),
     )
 
 
