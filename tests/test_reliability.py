@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage
 import libra_rcnn.checkpoint
 from libra_rcnn.checkpoint import AtomicCheckpointer
 from libra_rcnn.data.checks import DatasetError
-from libra_rcnn.engine import Trainer, build_config, truncate_metrics
+from libra_rcnn.engine import InputError, Trainer, build_config, check_inputs, truncate_metrics
 
 from conftest import CONFIG, REPO, TINY, TINY_CLI, args_for, train_net
 
@@ -331,3 +331,55 @@ def test_two_processes_on_the_cpu_match_one_process_with_the_same_total_batch(ti
         assert "bbox/AP" in lines[-1]
     one, two = (runs[n][1]["total_loss"] for n in (1, 2))
     assert abs(two - one) < 0.25 * one, (one, two)
+
+
+# --- bad config --------------------------------------------------------------------------
+
+LIBRA_CONFIG = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
+FSAF_CONFIG = "configs/FashionScenes/ab_fsaf_R_18_FPN_GN.yaml"
+# A refused value for every key of add_libra_config, and a config that uses the key.
+BAD_VALUES = {
+    "BFP.FPN_BACKBONE": ("no_such_fpn_builder", LIBRA_CONFIG),
+    "BFP.REFINE_TYPE": ("gcb", LIBRA_CONFIG),
+    "BFP.REFINE_LEVEL": ("7", LIBRA_CONFIG),
+    "SAMPLER.POS": ("hardest", LIBRA_CONFIG),
+    "SAMPLER.NEG": ("ohem", LIBRA_CONFIG),
+    "SAMPLER.NUM_BINS": ("0", LIBRA_CONFIG),
+    "SAMPLER.BINNING": ("log", LIBRA_CONFIG),
+    "SAMPLER.FLOOR_THR": ("0.7", LIBRA_CONFIG),
+    "SAMPLER.FLOOR_FRACTION": ("1.5", LIBRA_CONFIG),
+    "BALANCED_L1.ALPHA": ("-0.5", LIBRA_CONFIG),
+    "BALANCED_L1.GAMMA": ("0.0", LIBRA_CONFIG),
+    "BALANCED_L1.BETA": ("0.0", LIBRA_CONFIG),
+    "BALANCED_L1.VARIANT": ("v2", LIBRA_CONFIG),
+    "FSAF.ANCHOR_BASED": ("maybe", FSAF_CONFIG),
+    "FSAF.EFFECTIVE_SCALE": ("1.5", FSAF_CONFIG),
+    "FSAF.IGNORE_SCALE": ("0.1", FSAF_CONFIG),
+    "FSAF.NORM_SCALE": ("0.0", FSAF_CONFIG),
+    "FSAF.SELECTION": ("random", FSAF_CONFIG),
+    "FSAF.BOX_LOSS_TYPE": ("l1", FSAF_CONFIG),
+    "FSAF.CLS_LOSS_WEIGHT": ("-1.0", FSAF_CONFIG),
+    "FSAF.BOX_LOSS_WEIGHT": ("-1.0", FSAF_CONFIG),
+    "ANALYSIS.GRAD_SHARE_PERIOD": ("-1", LIBRA_CONFIG),
+}
+
+
+def libra_keys(node, prefix="MODEL.LIBRA."):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from libra_keys(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name
+
+
+def test_every_project_key_has_a_refused_value_below():
+    cfg = tiny_cfg("unused")
+    assert sorted(libra_keys(cfg.MODEL.LIBRA)) == sorted("MODEL.LIBRA." + k for k in BAD_VALUES)
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_a_bad_project_value_fails_before_training_naming_the_key(key, tiny_scenes, tmp_path):
+    value, config = BAD_VALUES[key]
+    args = args_for("--config-file", str(REPO / config), *TINY, "OUTPUT_DIR", str(tmp_path), f"MODEL.LIBRA.{key}", value)
+    with pytest.raises(InputError, match=re.escape(f"MODEL.LIBRA.{key}")):
+        check_inputs(build_config(args), args)
