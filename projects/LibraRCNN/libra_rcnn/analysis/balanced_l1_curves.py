@@ -29,7 +29,7 @@ __all__ = ["curves", "draw_balanced_l1_curves", "main"]
 
 
 def curves(
-    options: BalancedL1Options, smooth_l1_betas: Sequence[float], alphas: Sequence[float] = (), max_x: float = 3.0, steps: int = 601
+    options: BalancedL1Options, smooth_l1_betas: Sequence[float], alphas: Sequence[float] = (), max_x: float = 3.0, steps: int = 600
 ):
     """Loss and |gradient| curves on a grid of |x| in [0, max_x].
 

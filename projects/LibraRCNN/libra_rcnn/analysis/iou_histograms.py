@@ -202,8 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     config_name = os.path.splitext(os.path.basename(args.config_file))[0]
     s = cfg.MODEL.LIBRA.SAMPLER
     title = (
-        f"Negatives of {config_name} ({weights}) on {split}, {len(dataset_dicts)} images; "
-        f"{cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE} RoIs/image; IoU-balanced: K = {s.NUM_BINS}, {s.BINNING} binning"
+        f"Negatives of {config_name} ({weights}) on {split}, {len(dataset_dicts)} images\n"
+        f"{cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN} proposals and {cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE} RoIs per image; "
+        f"IoU-balanced: K = {s.NUM_BINS}, {s.BINNING} binning"
     )
     bg_iou_thresh = build_roi_sampler(cfg, model.roi_heads.proposal_matcher).bg_iou_thresh
     print(draw_iou_histograms(ious, bg_iou_thresh, args.out, title))

@@ -96,19 +96,24 @@ def draw_training_stats(runs: Dict[str, Sequence[dict]], output: str, title: str
         ax_hard.plot(*series(records, "roi_head/hard_negative_share"), color=color, label=label)
         bins = mean_bins(records)
         ax_bins.bar(np.arange(len(bins)) + (i - (len(runs) - 1) / 2) * width, bins, width, color=color, label=label)
-        ax_grad.plot(*series(records, "box_reg/inlier_grad_share"), color=color, label=f"{label}: gradient")
-        ax_grad.plot(*series(records, "box_reg/inlier_share"), color=color, ls="--", label=f"{label}: RoIs")
+        ax_grad.plot(*series(records, "box_reg/inlier_grad_share"), color=color, label=f"{label}: of the gradient")
+        ax_grad.plot(*series(records, "box_reg/inlier_share"), color=color, ls="--", label=f"{label}: of the RoIs")
     ax_hard.set(
         title=f"(a) sampled negatives at IoU >= {HARD_NEGATIVE_IOU:g}", xlabel="iteration", ylabel="share", ylim=(0, 1)
     )
     ax_bins.set(
-        title="(b) sampled negatives per image by IoU (2nd half of the run)",
+        title="(b) sampled negatives by IoU (2nd half of the run)",
         xlabel="IoU with the nearest GT box",
         ylabel="negatives per image",
         xticks=np.arange(len(NEG_IOU_BIN_NAMES)),
         xticklabels=[_bin_label(k) for k in range(len(NEG_IOU_BIN_NAMES))],
     )
-    ax_grad.set(title="(c) inliers (RoI loss < 1): share of", xlabel="iteration", ylabel="share", ylim=(0, 1.02))
+    ax_grad.set(
+        title="(c) share of inliers (RoI box loss < 1)",
+        xlabel="iteration",
+        ylabel="share",
+        ylim=(0, 1.02),
+    )
     for ax in (ax_hard, ax_bins, ax_grad):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
