@@ -122,7 +122,9 @@ def test_sampling_statistics_count_the_sampled_negatives(neg):
         num_bg = storage.history("roi_head/num_bg_samples").latest()
         share = storage.history("roi_head/hard_negative_share").latest()
     # Recount from the returned RoIs: the background ones, by IoU with their image's GT boxes.
-    ious = torch.cat([pairwise_iou(t.gt_boxes, s.proposal_boxes).max(0).values[s.gt_classes == 10] for s, t in zip(sampled, [t0, t1])])
+    ious = torch.cat(
+        [pairwise_iou(t.gt_boxes, s.proposal_boxes).max(0).values[s.gt_classes == 10] for s, t in zip(sampled, [t0, t1])]
+    )
     edges = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 2.0]
     want = [float(((ious >= lo) & (ious < hi)).sum()) / 2 for lo, hi in zip(edges[:-1], edges[1:])]
     assert [logged[k] for k in BIN_KEYS] == pytest.approx(want)
@@ -156,7 +158,9 @@ def fg_batch(seed=0):
 
 @pytest.mark.parametrize("loss_type,beta", [("balanced_l1", 0.0), ("smooth_l1", 0.0), ("smooth_l1", 0.5)])
 def test_gradient_shares_match_autograd_of_the_loss(loss_type, beta):
-    heads = roi_heads(["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type, "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", str(beta)])
+    heads = roi_heads(
+        ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", loss_type, "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", str(beta)]
+    )
     pred = heads.box_predictor
     p = fg_batch()
     deltas = (torch.randn(len(p), 40, generator=torch.Generator().manual_seed(1)) * 0.1).requires_grad_(True)
@@ -218,9 +222,9 @@ TINY = [
 def short_run(tiny_scenes, tmp_path_factory):
     """3 training iterations on the tiny split, statistics every iteration; returns (dir, storage)."""
     out = tmp_path_factory.mktemp("analysis_run")
-    cfg = load_cfg(CONFIG, [*TINY, "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1000",
-                            "MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD", "1", "TEST.EVAL_PERIOD", "0",
-                            "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)])  # fmt: skip
+    cfg = load_cfg(CONFIG, [*TINY, "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
+                            "SOLVER.CHECKPOINT_PERIOD", "1000", "MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD", "1",
+                            "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)])  # fmt: skip
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -251,7 +255,10 @@ def test_training_stats_command_plots_the_run(short_run, tmp_path, capsys):
 
 def test_training_stats_by_hand_and_without_statistics(tmp_path, capsys):
     metrics = tmp_path / "metrics.json"
-    lines = [{"iteration": i, "roi_head/num_bg_iou_00_05": float(i), "roi_head/hard_negative_share": 0.5} for i in (19, 39, 59, 79)]
+    lines = [
+        {"iteration": i, "roi_head/num_bg_iou_00_05": float(i), "roi_head/hard_negative_share": 0.5}
+        for i in (19, 39, 59, 79)
+    ]
     metrics.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     records = training_stats.read_metrics(str(metrics))
     assert training_stats.mean_bins(records)[0] == pytest.approx((59 + 79) / 2)  # 2nd half of the run

@@ -29,7 +29,11 @@ __all__ = ["curves", "draw_balanced_l1_curves", "main"]
 
 
 def curves(
-    options: BalancedL1Options, smooth_l1_betas: Sequence[float], alphas: Sequence[float] = (), max_x: float = 3.0, steps: int = 600
+    options: BalancedL1Options,
+    smooth_l1_betas: Sequence[float],
+    alphas: Sequence[float] = (),
+    max_x: float = 3.0,
+    steps: int = 600,
 ):
     """Loss and |gradient| curves on a grid of |x| in [0, max_x].
 
@@ -91,8 +95,9 @@ def draw_balanced_l1_curves(
             ax_loss.axvline(crossing, color=style["color"], lw=0.8, ls=style["ls"], alpha=0.7)
     ax_loss.axhline(INLIER_LOSS, color="black", lw=0.8)
     ax_loss.text(0.02 * max_x, INLIER_LOSS * 1.03, "L = 1: inliers below, outliers above", fontsize=8, va="bottom")
-    ax_grad.set(xlabel="regression error |x| (box-delta units)", ylabel="|dL/dx|", title="(a) gradient", xlim=(0, max_x))
-    ax_loss.set(xlabel="regression error |x| (box-delta units)", ylabel="L", title="(b) loss", xlim=(0, max_x))
+    xlabel = "regression error |x| (box-delta units)"
+    ax_grad.set(xlabel=xlabel, ylabel="|dL/dx|", title="(a) gradient", xlim=(0, max_x))
+    ax_loss.set(xlabel=xlabel, ylabel="L", title="(b) loss", xlim=(0, max_x))
     ax_grad.set_ylim(bottom=0)
     ax_loss.set_ylim(0, max(float(r[1].max()) for r in rows) * 1.02)
     for ax in (ax_grad, ax_loss):
@@ -132,9 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     betas = [cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA] + ([1.0] if cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA != 1.0 else [])
     x, rows = curves(options, betas, args.alphas, args.max_x)
+    half = int(torch.argmin((x - 0.5).abs()))  # the grid point nearest |x| = 0.5
     for label, loss, grad, crossing in rows:
         where = f"|x| = {crossing:.3f}" if crossing is not None else f"beyond {args.max_x:g}"
-        print(f"{label}: loss reaches 1 at {where}; gradient at |x| = 0.5: {float(grad[torch.searchsorted(x, torch.tensor(0.5, dtype=x.dtype))]):.3f}")
+        print(f"{label}: loss reaches 1 at {where}; gradient at |x| = {float(x[half]):g}: {float(grad[half]):.3f}")
     name = os.path.splitext(os.path.basename(args.config_file))[0] if args.config_file else "defaults"
     title = f"Balanced L1 vs. smooth L1 (Libra R-CNN Fig. 5), {name}"
     print(draw_balanced_l1_curves(options, betas, args.out, args.alphas, args.max_x, title))

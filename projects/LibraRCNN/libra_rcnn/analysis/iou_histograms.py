@@ -54,7 +54,8 @@ BIN_WIDTH = 0.05
 def _check_two_stage(model) -> None:
     heads = getattr(model, "roi_heads", None)
     needed = ("box_pooler", "box_head", "box_predictor", "proposal_matcher")
-    if getattr(model, "proposal_generator", None) is None or heads is None or not all(hasattr(heads, n) for n in needed):
+    has_heads = heads is not None and all(hasattr(heads, n) for n in needed)
+    if getattr(model, "proposal_generator", None) is None or not has_heads:
         raise ValueError(
             f"the model ({type(model).__name__}) has no RPN and box RoI heads: IoU histograms need a two-stage "
             "config (MODEL.META_ARCHITECTURE GeneralizedRCNN with StandardROIHeads or LibraROIHeads)"
@@ -97,13 +98,16 @@ def negative_ious(model, cfg, dataset_dicts: Sequence[dict], seed: int = 0) -> D
         proposals, _ = model.proposal_generator(images, features, None)
         if heads.proposal_append_gt:
             proposals = add_ground_truth_to_proposals(targets, proposals)
-        box_features = heads.box_pooler([features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals])
+        levels = [features[f] for f in heads.box_in_features]
+        box_features = heads.box_pooler(levels, [p.proposal_boxes for p in proposals])
         scores, _ = heads.box_predictor(heads.box_head(box_features))
         for proposals_i, targets_i, scores_i in zip(proposals, targets, scores.split([len(p) for p in proposals])):
             classes, max_iou, matched = label_proposals(
                 heads.proposal_matcher, heads.num_classes, proposals_i.proposal_boxes, targets_i
             )
-            _, random_neg = subsample_labels(classes, heads.batch_size_per_image, heads.positive_fraction, heads.num_classes)
+            _, random_neg = subsample_labels(
+                classes, heads.batch_size_per_image, heads.positive_fraction, heads.num_classes
+            )
             _, balanced_neg = sampler(
                 classes, max_iou, matched, torch.zeros_like(classes), 1, len(targets_i), heads.num_classes, generator
             )
@@ -177,7 +181,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = build_config(args)
         weights = cfg.MODEL.WEIGHTS
         if not weights or not os.path.isfile(weights):
-            raise InputError(f"MODEL.WEIGHTS {weights!r} is not a checkpoint file; pass MODEL.WEIGHTS path/to/model_final.pth")
+            raise InputError(
+                f"MODEL.WEIGHTS {weights!r} is not a checkpoint file; pass MODEL.WEIGHTS path/to/model_final.pth"
+            )
         split = args.split or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
         if split not in DatasetCatalog.list():
             raise InputError(f"dataset {split!r} (--split) is not registered in DatasetCatalog")
