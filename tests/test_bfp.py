@@ -95,9 +95,52 @@ def test_non_local_starts_as_identity_and_matches_plain_attention():
     g = block.g(x).flatten(2).transpose(1, 2)
     y = torch.softmax(theta @ phi, dim=-1) @ g
     plain = x + block.out(y.transpose(1, 2).reshape(x.shape))
-    torch.testing.assert_close(block(x), plain, rtol=0, atol=1e-5)
+    for fused in (True, False):
+        torch.testing.assert_close(x + block.out(block.attend(x, fused=fused)), plain, rtol=0, atol=1e-5)
     block32 = block.float()
     torch.testing.assert_close(block32(x.float()), plain.float(), rtol=0, atol=1e-5)
+
+
+def test_fused_and_plain_non_local_agree_in_value_and_gradient():
+    torch.manual_seed(3)
+    block = NonLocalBlock2d(16)
+    torch.nn.init.normal_(block.out.weight, std=0.1)
+    x = torch.randn(2, 16, 7, 9) * 3  # peaked attention: logits of several units
+    results = []
+    for fused in (True, False):
+        xi = x.clone().requires_grad_()
+        y = xi + block.out(block.attend(xi, fused=fused))
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), [xi, *block.parameters()])
+        results.append((y, grads))
+    (y_fused, g_fused), (y_plain, g_plain) = results
+    torch.testing.assert_close(y_fused, y_plain, rtol=0, atol=1e-5)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * max(1.0, float(b.abs().max())))
+
+
+@pytest.mark.parametrize("sizes", [[(24, 36), (12, 18), (6, 9), (3, 5)], [(18, 12), (6, 4), (3, 2)], [(8, 12), (4, 3), (2, 1)]])
+def test_bfp_equals_the_generic_rescaling(sizes):
+    # Integer ratios take max_pool2d and broadcast additions, others adaptive pooling and
+    # interpolation (P5 3x5 <-> 6x9 here); both must equal the generic formula, value and gradient.
+    levels = {f"p{i + 2}": torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True) for i, (h, w) in enumerate(sizes)}
+    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=min(2, len(sizes) - 1), refine_type="conv").double()
+    out = bfp(torch.zeros(1))
+    feats = [levels[k] * bfp.fpn.scale for k in levels]
+    r, size = bfp.refine_level, feats[bfp.refine_level].shape[-2:]
+    gathered = [F.adaptive_max_pool2d(f, size) if i < r else F.interpolate(f, size=size, mode="nearest") for i, f in enumerate(feats)]
+    balanced = bfp.refine(torch.stack(gathered).mean(dim=0))
+    expected = {
+        k: f + (F.interpolate(balanced, size=f.shape[-2:], mode="nearest") if i < r else F.adaptive_max_pool2d(balanced, f.shape[-2:]))
+        for i, (k, f) in enumerate(zip(levels, feats))
+    }
+    weights = {k: torch.randn_like(v) for k, v in expected.items()}
+    inputs = list(levels.values()) + list(bfp.parameters())
+    got = torch.autograd.grad(sum((out[k] * weights[k]).sum() for k in out), inputs)
+    want = torch.autograd.grad(sum((expected[k] * weights[k]).sum() for k in expected), inputs)
+    for k in levels:
+        torch.testing.assert_close(out[k], expected[k], rtol=0, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 def test_bfp_backbone_from_config_keeps_fpn_outputs():

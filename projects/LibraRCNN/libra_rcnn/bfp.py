@@ -1,5 +1,5 @@
 """Balanced feature pyramid (Libra R-CNN §3.2, Eq. 3, Fig. 4; METHODS.md §3)."""
-from typing import Dict
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,14 +14,48 @@ from .config import REFINE_TYPES, check_choice, check_range
 __all__ = ["NonLocalBlock2d", "BalancedFeaturePyramid", "build_bfp_backbone"]
 
 
+def _integer_ratio(large: Sequence[int], small: Sequence[int]) -> Optional[Tuple[int, int]]:
+    """(kh, kw) if ``large == (kh * small[0], kw * small[1])``, else None."""
+    (hl, wl), (hs, ws) = large, small
+    if hs > 0 and ws > 0 and hl % hs == 0 and wl % ws == 0:
+        return hl // hs, wl // ws
+    return None
+
+
+def _max_pool_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Adaptive max pooling of (B, C, H, W) to ``size`` (step 1 and 4 of METHODS.md §3).
+
+    Where H and W are whole multiples of ``size`` (FPN levels of an input padded to the
+    backbone's size divisibility), adaptive pooling is a plain k x k max pooling of stride k:
+    the same windows, values and gradients, by a faster kernel.
+    """
+    k = _integer_ratio(x.shape[-2:], size)
+    if k is None:
+        return F.adaptive_max_pool2d(x, tuple(size))
+    return F.max_pool2d(x, k, k)
+
+
+def _add_upsampled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + nearest_upsample(y, size of x)`` for (B, C, H, W) x and (B, C, h, w) y.
+
+    Where H, W are whole multiples of h, w, y is broadcast over k x k blocks of x instead of
+    being upsampled first: the same values, without the upsampled copy of y.
+    """
+    k = _integer_ratio(x.shape[-2:], y.shape[-2:])
+    if k is None:
+        return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
+    (b, c, h, w), (kh, kw) = y.shape, k
+    return (x.reshape(b, c, h, kh, w, kw) + y[:, :, :, None, :, None]).reshape(x.shape)
+
+
 class NonLocalBlock2d(nn.Module):
     """Embedded-Gaussian non-local block, as the BFP's refinement (METHODS.md §3, step 3).
 
     ``y = x + W_out(softmax(theta(x)^T phi(x)) g(x))`` over all H*W positions, with 1x1
     convolutions theta, phi, g (``channels -> channels``, reduction 1) and W_out. As in the
     reference implementation the dot product is not scaled by 1/sqrt(d), and W_out starts at
-    zero so that the block starts as the identity. The attention runs through PyTorch's
-    fused ``scaled_dot_product_attention`` with ``scale=1``.
+    zero so that the block starts as the identity. See :meth:`attend` for the two ways the
+    attention is computed.
 
     Args:
         channels: C, channels of the input and output.
@@ -41,15 +75,27 @@ class NonLocalBlock2d(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention output before W_out, (B, C, H, W)."""
+    def attend(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """The attention output before W_out, (B, C, H, W).
+
+        Args:
+            x: (B, C, H, W).
+            fused: True (the default) for PyTorch's ``scaled_dot_product_attention`` with
+                ``scale=1``; False for explicit matmuls and softmax, the reference's formula,
+                equal in value to float rounding. ``benchmarks/`` measures both: the fused
+                kernel is the faster, forward and backward, and keeps no HW x HW attention
+                matrix for the backward pass.
+        """
         b, c, h, w = x.shape
-        # (B, 1, HW, C): one head over the H*W positions.
-        query = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)
-        key = self.phi(x).flatten(2).transpose(1, 2).unsqueeze(1)
-        value = self.g(x).flatten(2).transpose(1, 2).unsqueeze(1)
-        y = F.scaled_dot_product_attention(query, key, value, scale=1.0)
-        return y.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        # (B, HW, C) each: one head over the H*W positions.
+        query, key, value = (conv(x).flatten(2).transpose(1, 2) for conv in (self.theta, self.phi, self.g))
+        if fused:
+            # Contiguous channels, or PyTorch falls back to its unfused implementation.
+            query, key, value = (t.contiguous()[:, None] for t in (query, key, value))
+            y = F.scaled_dot_product_attention(query, key, value, scale=1.0)[:, 0]
+        else:
+            y = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
+        return y.transpose(1, 2).reshape(b, c, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.out(self.attend(x))
@@ -114,14 +160,6 @@ class BalancedFeaturePyramid(Backbone):
     def padding_constraints(self) -> Dict[str, int]:
         return self.fpn.padding_constraints
 
-    def _rescale(self, x: torch.Tensor, level: int, size, to_refine: bool) -> torch.Tensor:
-        # Levels finer than the refine level are pooled down to it; when scattering back,
-        # they are upsampled. Coarser levels go the other way.
-        finer = level < self.refine_level
-        if finer == to_refine:
-            return F.adaptive_max_pool2d(x, size)
-        return F.interpolate(x, size=size, mode="nearest")
-
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -132,13 +170,19 @@ class BalancedFeaturePyramid(Backbone):
         """
         features = self.fpn(x)
         levels = [features[name] for name in self._out_features]
-        size = levels[self.refine_level].shape[-2:]
-        gathered = [self._rescale(f, i, size, to_refine=True) for i, f in enumerate(levels)]
-        balanced = self.refine(torch.stack(gathered).mean(dim=0))
-        return {
-            name: f + self._rescale(balanced, i, f.shape[-2:], to_refine=False)
-            for i, (name, f) in enumerate(zip(self._out_features, levels))
-        }
+        r = self.refine_level
+        # Integrate: finer levels are max-pooled down, coarser ones added upsampled.
+        total = levels[r]
+        for f in levels[:r]:
+            total = total + _max_pool_to(f, total.shape[-2:])
+        for f in levels[r + 1 :]:
+            total = _add_upsampled(total, f)
+        balanced = self.refine(total / len(levels))
+        # Strengthen: the balanced map, upsampled to the finer levels and pooled to the coarser.
+        out = [_add_upsampled(f, balanced) for f in levels[:r]]
+        out.append(levels[r] + balanced)
+        out += [f + _max_pool_to(balanced, f.shape[-2:]) for f in levels[r + 1 :]]
+        return dict(zip(self._out_features, out))
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return self.fpn.output_shape()
