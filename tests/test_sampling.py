@@ -279,3 +279,22 @@ def test_sampler_is_reproducible_with_a_generator():
 def test_sampler_bad_config_names_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         sampler(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"binning": "mmdet"}, {"floor_thr": 0.1, "floor_fraction": 0.5},
+     {"binning": "mmdet", "floor_thr": 0.1, "floor_fraction": 0.5}, {"pos": "random", "neg": "random"}],
+)
+def test_sampler_reads_nothing_back_to_the_host(kwargs):
+    # On the meta device a tensor has no data: any value read back to the host (.item(),
+    # nonzero, bincount, a Python branch on a tensor) raises. A CPU stand-in for "no
+    # host-device synchronisation on the GPU".
+    n = 3000
+    inputs = dict(gt_classes=torch.empty(n, dtype=torch.int64, device="meta"), max_iou=torch.empty(n, device="meta"),
+                  gt_index=torch.empty(n, dtype=torch.int64, device="meta"),
+                  image_index=torch.empty(n, dtype=torch.int64, device="meta"))  # fmt: skip
+    pos, neg = sampler(**kwargs)(**inputs, num_images=2, num_gts=20, num_classes=10)
+    assert pos.device.type == neg.device.type == "meta" and pos.shape == neg.shape == (n,)
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        torch.empty(3, device="meta").nonzero()  # the stand-in does catch a host read

@@ -4,9 +4,15 @@ Libra R-CNN §3.1, Eq. 1–2; METHODS.md §2.
 
 Every function here works on the proposals of a whole batch at once, flattened into one
 dimension with an ``image_index`` per proposal, and returns boolean masks. Draws are made
-without replacement by sorting random keys inside groups (one group per IoU bin, GT box
-or image), so there is no Python loop over boxes and no host-device synchronisation: the
-quotas stay tensors on the proposals' device from start to end.
+without replacement by ranking the candidates inside groups (one group per IoU bin, GT box or
+image) in a random order, so there is no Python loop over boxes and no host-device
+synchronisation: the quotas stay tensors on the proposals' device from start to end.
+
+A random order costs a sort of the whole batch, the bulk of the sampler's time; one order
+serves several draws where that leaves each draw uniform: draws on disjoint candidate sets
+(positives and negatives, IoU bins and the negatives below the floor), or draws of which
+at most one takes anything in each image. :class:`BalancedRoISampler` thus sorts twice per
+batch (three times with a floor), where drawing each step with its own order sorted five times.
 """
 import math
 from typing import Optional, Tuple
@@ -23,6 +29,56 @@ __all__ = [
     "iou_balanced_negatives",
     "BalancedRoISampler",
 ]
+
+
+class _RandomOrder:
+    """A uniformly random order of the elements inside each of ``num_groups`` groups.
+
+    Args:
+        groups: int64 (N,): the group of each element in [0, num_groups), or -1 for none.
+        num_groups: G.
+        generator: optional ``torch.Generator`` on the device of ``groups``.
+    """
+
+    def __init__(self, groups: torch.Tensor, num_groups: int, generator: Optional[torch.Generator]):
+        device = groups.device
+        self.num_groups = num_groups
+        group = torch.where(groups >= 0, groups, num_groups)
+        # Shuffle, then sort by group alone. Whatever order a sort gives equal keys depends
+        # only on the sequence of keys, and the shuffle places each group's members on that
+        # group's positions uniformly at random: every order inside every group is equally
+        # likely. (Sorting integer keys with few distinct values is much cheaper than sorting
+        # random floats.)
+        perm = torch.randperm(groups.numel(), generator=generator, device=device)
+        self.sorted_group, order = torch.sort(group.index_select(0, perm))
+        self.order = perm.index_select(0, order)
+        # (scatter_add_ rather than bincount, which reads the largest value back to the host on a GPU)
+        sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device).scatter_add_(0, group, torch.ones_like(group))
+        # Position (in sorted order) of the first element of each element's group.
+        self.group_start = (torch.cumsum(sizes, 0) - sizes).index_select(0, self.sorted_group)
+
+    def draw(self, candidates: torch.Tensor, quotas: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """In every group ``offset + j``, the first ``quotas[j]`` candidates in this order.
+
+        That is ``min(quotas[j], #candidates)`` of the group's candidates, every subset of that
+        size equally likely; groups outside ``[offset, offset + len(quotas))`` give none.
+
+        Args:
+            candidates: bool (N,).
+            quotas: integer (Q,); negative values count as 0.
+            offset: group of ``quotas[0]``.
+
+        Returns:
+            bool (N,): the drawn elements.
+        """
+        # index_select and scatter_ rather than indexing with [], several times faster on the CPU.
+        picked = candidates.index_select(0, self.order)
+        before = torch.cumsum(picked, 0) - picked.to(torch.int64)  # candidates before, in order
+        rank = before - before.index_select(0, self.group_start)  # ... and in the same group
+        limit = torch.zeros(self.num_groups + 1, dtype=torch.int64, device=candidates.device)
+        limit[offset : offset + quotas.numel()] = quotas
+        drawn = picked & (rank < limit.index_select(0, self.sorted_group))
+        return torch.empty_like(drawn).scatter_(0, self.order, drawn)
 
 
 def sample_within_groups(
@@ -42,41 +98,13 @@ def sample_within_groups(
         bool tensor of shape (N,): True for the drawn elements. Drawn without replacement:
         every subset of the wanted size of a group is equally likely.
     """
-    n = groups.numel()
-    device = groups.device
-    if n == 0:
-        return torch.zeros(0, dtype=torch.bool, device=device)
-    num_groups = quotas.numel()
-    group = torch.where(groups >= 0, groups, torch.full_like(groups, num_groups))
-    # One sort orders the elements by group, and randomly inside each group.
-    key = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
-    order = torch.argsort(group.to(torch.float64) + key)
-    sorted_group = group[order]
-    sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device)
-    sizes.scatter_add_(0, group, torch.ones_like(group))
-    starts = torch.cumsum(sizes, 0) - sizes
-    rank = torch.arange(n, device=device) - starts[sorted_group]
-    limit = torch.cat([quotas.to(device=device, dtype=torch.int64), sizes.new_zeros(1)])
-    drawn = torch.zeros(n, dtype=torch.bool, device=device)
-    drawn[order] = rank < limit[sorted_group]
-    return drawn
+    return _RandomOrder(groups, quotas.numel(), generator).draw(groups >= 0, quotas)
 
 
 def _count_per_image(mask: torch.Tensor, image_index: torch.Tensor, num_images: int) -> torch.Tensor:
     """int64 (num_images,): number of True elements of ``mask`` in each image."""
     counts = torch.zeros(num_images, dtype=torch.int64, device=mask.device)
     return counts.scatter_add_(0, image_index, mask.to(torch.int64))
-
-
-def _draw_per_image(
-    candidates: torch.Tensor,
-    image_index: torch.Tensor,
-    quotas: torch.Tensor,
-    generator: Optional[torch.Generator],
-) -> torch.Tensor:
-    """Draw ``quotas[i]`` of the candidates of each image i uniformly (all if fewer)."""
-    groups = torch.where(candidates, image_index, torch.full_like(image_index, -1))
-    return sample_within_groups(groups, quotas, generator)
 
 
 def random_positives(
@@ -99,7 +127,7 @@ def random_positives(
         bool (N,): the sampled positives.
     """
     quotas = torch.full((num_images,), num_expected, dtype=torch.int64, device=pos_mask.device)
-    return _draw_per_image(pos_mask, image_index, quotas, generator)
+    return _RandomOrder(image_index, num_images, generator).draw(pos_mask, quotas)
 
 
 def instance_balanced_positives(
@@ -133,9 +161,25 @@ def instance_balanced_positives(
     Returns:
         bool (N,): the sampled positives; exactly ``min(P, #candidates)`` per image.
     """
+    by_gt = _RandomOrder(torch.where(pos_mask, gt_index, torch.full_like(gt_index, -1)), num_gts, generator)
+    by_image = _RandomOrder(image_index, num_images, generator)
+    return _instance_balanced(pos_mask, gt_index, image_index, num_images, num_gts, num_expected, by_gt, by_image)
+
+
+def _instance_balanced(
+    pos_mask: torch.Tensor,
+    gt_index: torch.Tensor,
+    image_index: torch.Tensor,
+    num_images: int,
+    num_gts: int,
+    num_expected: int,
+    by_gt: _RandomOrder,
+    by_image: _RandomOrder,
+) -> torch.Tensor:
+    """:func:`instance_balanced_positives` with given orders: ``by_gt`` puts every positive in
+    group ``gt_index``; ``by_image`` groups by image and is independent of ``by_gt``."""
     device = pos_mask.device
-    ignore = torch.full_like(gt_index, num_gts)
-    gt_slot = torch.where(pos_mask, gt_index, ignore)
+    gt_slot = torch.where(pos_mask, gt_index, torch.full_like(gt_index, num_gts))
     # Which GT boxes have positives, and in which image each of them lies.
     has_pos = torch.zeros(num_gts + 1, dtype=torch.int64, device=device)
     has_pos.scatter_(0, gt_slot, torch.ones_like(gt_slot))
@@ -149,12 +193,12 @@ def instance_balanced_positives(
     per_gt = torch.round(num_expected / num_distinct.clamp(min=1).to(torch.float64)).to(torch.int64) + 1
     # An image with at most P candidates takes them all.
     per_gt = torch.where(num_candidates <= num_expected, num_candidates, per_gt)
-    drawn = sample_within_groups(
-        torch.where(pos_mask, gt_index, torch.full_like(gt_index, -1)), per_gt[gt_image], generator
-    )
-    shortfall = (num_expected - _count_per_image(drawn, image_index, num_images)).clamp(min=0)
-    drawn |= _draw_per_image(pos_mask & ~drawn, image_index, shortfall, generator)
-    return random_positives(drawn, image_index, num_images, num_expected, generator)
+    drawn = by_gt.draw(pos_mask, per_gt.index_select(0, gt_image))
+    num_drawn = _count_per_image(drawn, image_index, num_images)
+    # In each image, either the caps left a shortfall, filled from the positives not drawn,
+    # or too many were drawn, subsampled to P; never both, so the two share one order.
+    keep = by_image.draw(drawn, torch.full_like(num_drawn, num_expected))
+    return keep | by_image.draw(pos_mask & ~drawn, (num_expected - num_drawn).clamp(min=0))
 
 
 def random_negatives(
@@ -176,7 +220,49 @@ def random_negatives(
     Returns:
         bool (N,): the sampled negatives, ``min(num_expected[i], #candidates)`` per image.
     """
-    return _draw_per_image(neg_mask, image_index, num_expected, generator)
+    return _RandomOrder(image_index, num_images, generator).draw(neg_mask, num_expected)
+
+
+def _check_negative_options(num_bins: int, binning: str, bg_iou_thresh: float, floor_thr: float, floor_fraction: float):
+    check_range("num_bins", num_bins, 1)
+    check_choice("binning", binning, BINNINGS)
+    check_range("floor_fraction", floor_fraction, 0.0, 1.0)
+    check_range("floor_thr", floor_thr, -1.0, bg_iou_thresh, high_open=True)
+    if 0 > floor_thr > -1:
+        raise ValueError(f"floor_thr = {floor_thr} must be -1 (off) or in [0, {bg_iou_thresh})")
+
+
+def _iou_bins(
+    neg_mask: torch.Tensor,
+    max_iou: torch.Tensor,
+    image_index: torch.Tensor,
+    num_images: int,
+    num_bins: int,
+    bg_iou_thresh: float,
+    binning: str,
+    floor_thr: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The negatives above the floor (``binned``, bool (N,)) and the IoU bin of each as a group
+    ``image * num_bins + bin`` (int64 (N,), -1 outside every bin); see
+    :func:`iou_balanced_negatives`."""
+    low = max(floor_thr, 0.0)
+    if binning == "paper":
+        # Bins over [low, bg_iou_thresh); with the floor off, low = 0 and every negative is binned.
+        binned = neg_mask & (max_iou >= low)
+        bins = torch.floor((max_iou - low) * (num_bins / (bg_iou_thresh - low))).to(torch.int64)
+        in_bins = binned
+    else:
+        # Bins over [low, the image's max IoU); IoU == low only binned when the floor is positive.
+        binned = neg_mask & ((max_iou >= low) if low > 0 else (max_iou > 0))
+        image_max = torch.zeros(num_images, dtype=max_iou.dtype, device=max_iou.device)
+        image_max = image_max.scatter_reduce(0, image_index, max_iou, reduce="amax")
+        width = ((image_max - low) / num_bins).index_select(0, image_index)
+        safe_width = torch.where(width > 0, width, torch.ones_like(width))
+        bins = torch.floor((max_iou - low) / safe_width).to(torch.int64)
+        # As in the reference, the top end (IoU == the image's max) lies in no bin.
+        in_bins = binned & (width > 0) & (bins < num_bins)
+    groups = image_index * num_bins + bins.clamp(0, num_bins - 1)
+    return binned, torch.where(in_bins, groups, torch.full_like(groups, -1))
 
 
 def iou_balanced_negatives(
@@ -230,52 +316,66 @@ def iou_balanced_negatives(
     Raises:
         ValueError: for K < 1, an unknown binning, or a floor outside its range.
     """
-    check_range("num_bins", num_bins, 1)
-    check_choice("binning", binning, BINNINGS)
-    check_range("floor_fraction", floor_fraction, 0.0, 1.0)
-    check_range("floor_thr", floor_thr, -1.0, bg_iou_thresh, high_open=True)
-    if 0 > floor_thr > -1:
-        raise ValueError(f"floor_thr = {floor_thr} must be -1 (off) or in [0, {bg_iou_thresh})")
+    _check_negative_options(num_bins, binning, bg_iou_thresh, floor_thr, floor_fraction)
+    binned, bin_group = _iou_bins(
+        neg_mask, max_iou, image_index, num_images, num_bins, bg_iou_thresh, binning, floor_thr
+    )
+    by_bin = _RandomOrder(bin_group, num_images * num_bins, generator)
+    by_image = _RandomOrder(image_index, num_images, generator)
+    return _iou_balanced(
+        neg_mask, image_index, num_images, num_expected, binned, by_bin, 0, by_image,
+        num_bins, binning, floor_thr, floor_fraction, generator,
+    )  # fmt: skip
 
+
+def _iou_balanced(
+    neg_mask: torch.Tensor,
+    image_index: torch.Tensor,
+    num_images: int,
+    num_expected: torch.Tensor,
+    binned: torch.Tensor,
+    by_bin: _RandomOrder,
+    bin_offset: int,
+    by_image: _RandomOrder,
+    num_bins: int,
+    binning: str,
+    floor_thr: float,
+    floor_fraction: float,
+    generator: Optional[torch.Generator],
+) -> torch.Tensor:
+    """:func:`iou_balanced_negatives` with given orders: ``by_bin`` puts every negative of
+    IoU bin ``image * num_bins + bin`` in group ``bin_offset`` plus that; ``by_image`` groups
+    by image, is independent of ``by_bin`` and draws nothing else among the negatives."""
     neg_expected = num_expected.to(torch.int64)
-    low = max(floor_thr, 0.0)
     if binning == "paper":
-        # Bins over [low, bg_iou_thresh); with the floor off, low = 0 and every negative is binned.
-        binned = neg_mask & (max_iou >= low)
         floor_expected = torch.floor(neg_expected * floor_fraction).to(torch.int64)
         if floor_thr < 0:
             floor_expected = torch.zeros_like(neg_expected)
         binned_expected = neg_expected - floor_expected
-        bins = torch.floor((max_iou - low) * (num_bins / (bg_iou_thresh - low))).to(torch.int64)
-        in_bins = binned
     else:
-        # Bins over [low, the image's max IoU); IoU == low only binned when the floor is positive.
-        binned = neg_mask & ((max_iou >= low) if low > 0 else (max_iou > 0))
         binned_expected = torch.floor(neg_expected * (1.0 - floor_fraction)).to(torch.int64)
-        image_max = torch.zeros(num_images, dtype=max_iou.dtype, device=max_iou.device)
-        image_max = image_max.scatter_reduce(0, image_index, max_iou, reduce="amax")
-        width = ((image_max - low) / num_bins)[image_index]
-        safe_width = torch.where(width > 0, width, torch.ones_like(width))
-        bins = torch.floor((max_iou - low) / safe_width).to(torch.int64)
-        # As in the reference, the top end (IoU == the image's max) lies in no bin.
-        in_bins = binned & (width > 0) & (bins < num_bins)
-
-    bins = bins.clamp(0, num_bins - 1)
-    groups = torch.where(in_bins, image_index * num_bins + bins, torch.full_like(image_index, -1))
     per_bin = torch.div(binned_expected, num_bins, rounding_mode="floor")
-    drawn = sample_within_groups(groups, per_bin.repeat_interleave(num_bins), generator)
+    drawn = by_bin.draw(binned, per_bin.repeat_interleave(num_bins), bin_offset)
 
     def still_wanted(target: torch.Tensor) -> torch.Tensor:
         return (target - _count_per_image(drawn, image_index, num_images)).clamp(min=0)
 
     below_floor = neg_mask & ~binned
+    # by_image serves every draw below on sets disjoint from each other's drawn elements; the
+    # final fill, after a draw below the floor, needs an order of its own.
+    fill_order = by_image
     if binning == "mmdet":
-        drawn |= _draw_per_image(binned & ~drawn, image_index, still_wanted(binned_expected), generator)
-        drawn |= _draw_per_image(below_floor, image_index, still_wanted(neg_expected), generator)
+        drawn |= by_image.draw(binned & ~drawn, still_wanted(binned_expected))
+        drawn |= by_image.draw(below_floor, still_wanted(neg_expected))
+        if floor_fraction == 0:
+            # The bins wanted all N and took all they had, the rest came from below the floor:
+            # no negative is left while one is wanted.
+            return drawn
+        fill_order = _RandomOrder(image_index, num_images, generator)
     elif floor_thr >= 0:
-        drawn |= _draw_per_image(below_floor, image_index, floor_expected, generator)
-    drawn |= _draw_per_image(neg_mask & ~drawn, image_index, still_wanted(neg_expected), generator)
-    return drawn
+        drawn |= by_image.draw(below_floor, floor_expected)
+        fill_order = _RandomOrder(image_index, num_images, generator)
+    return drawn | fill_order.draw(neg_mask & ~drawn, still_wanted(neg_expected))
 
 
 class BalancedRoISampler:
@@ -366,27 +466,34 @@ class BalancedRoISampler:
         pos_mask = (gt_classes >= 0) & (gt_classes < num_classes)
         neg_mask = gt_classes == num_classes
         num_pos = self.num_pos_expected
+        # One order by GT box (positives) and IoU bin (negatives), one by image: each serves
+        # disjoint positives and negatives (see the module's docstring).
+        groups = torch.full_like(gt_index, -1)
         if self.pos == "instance_balanced":
-            pos = instance_balanced_positives(
-                pos_mask, gt_index, image_index, num_images, num_gts, num_pos, generator
+            groups = torch.where(pos_mask, gt_index, groups)
+        if self.neg == "iou_balanced":
+            binned, bin_group = _iou_bins(
+                neg_mask, max_iou, image_index, num_images, self.num_bins, self.bg_iou_thresh,
+                self.binning, self.floor_thr,
+            )  # fmt: skip
+            groups = torch.where(bin_group >= 0, bin_group + num_gts, groups)
+            by_gt_or_bin = _RandomOrder(groups, num_gts + num_images * self.num_bins, generator)
+        elif self.pos == "instance_balanced":
+            by_gt_or_bin = _RandomOrder(groups, num_gts, generator)
+        by_image = _RandomOrder(image_index, num_images, generator)
+
+        if self.pos == "instance_balanced":
+            pos = _instance_balanced(
+                pos_mask, gt_index, image_index, num_images, num_gts, num_pos, by_gt_or_bin, by_image
             )
         else:
-            pos = random_positives(pos_mask, image_index, num_images, num_pos, generator)
+            pos = by_image.draw(pos_mask, torch.full((num_images,), num_pos, dtype=torch.int64, device=pos_mask.device))
         num_neg = self.batch_size_per_image - _count_per_image(pos, image_index, num_images)
         if self.neg == "iou_balanced":
-            neg = iou_balanced_negatives(
-                neg_mask,
-                max_iou,
-                image_index,
-                num_images,
-                num_neg,
-                num_bins=self.num_bins,
-                bg_iou_thresh=self.bg_iou_thresh,
-                binning=self.binning,
-                floor_thr=self.floor_thr,
-                floor_fraction=self.floor_fraction,
-                generator=generator,
-            )
+            neg = _iou_balanced(
+                neg_mask, image_index, num_images, num_neg, binned, by_gt_or_bin, num_gts, by_image,
+                self.num_bins, self.binning, self.floor_thr, self.floor_fraction, generator,
+            )  # fmt: skip
         else:
-            neg = random_negatives(neg_mask, image_index, num_images, num_neg, generator)
+            neg = by_image.draw(neg_mask, num_neg)
         return pos, neg
