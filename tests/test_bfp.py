@@ -118,19 +118,29 @@ def test_fused_and_plain_non_local_agree_in_value_and_gradient():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * max(1.0, float(b.abs().max())))
 
 
-@pytest.mark.parametrize("sizes", [[(24, 36), (12, 18), (6, 9), (3, 5)], [(18, 12), (6, 4), (3, 2)], [(8, 12), (4, 3), (2, 1)]])
+SIZES = [[(24, 36), (12, 18), (6, 9), (3, 5)], [(18, 12), (6, 4), (3, 2)], [(8, 12), (4, 3), (2, 1)]]
+
+
+@pytest.mark.parametrize("sizes", SIZES)
 def test_bfp_equals_the_generic_rescaling(sizes):
     # Integer ratios take max_pool2d and broadcast additions, others adaptive pooling and
     # interpolation (P5 3x5 <-> 6x9 here); both must equal the generic formula, value and gradient.
-    levels = {f"p{i + 2}": torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True) for i, (h, w) in enumerate(sizes)}
-    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=min(2, len(sizes) - 1), refine_type="conv").double()
+    levels = {f"p{i + 2}": torch.randn(2, 3, h, w, dtype=torch.float64) for i, (h, w) in enumerate(sizes)}
+    for level in levels.values():
+        level.requires_grad_()
+    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=min(2, len(sizes) - 1), refine_type="conv")
+    bfp = bfp.double()
     out = bfp(torch.zeros(1))
     feats = [levels[k] * bfp.fpn.scale for k in levels]
     r, size = bfp.refine_level, feats[bfp.refine_level].shape[-2:]
-    gathered = [F.adaptive_max_pool2d(f, size) if i < r else F.interpolate(f, size=size, mode="nearest") for i, f in enumerate(feats)]
+
+    def nearest(x, hw):
+        return F.interpolate(x, size=hw, mode="nearest")
+
+    gathered = [F.adaptive_max_pool2d(f, size) if i < r else nearest(f, size) for i, f in enumerate(feats)]
     balanced = bfp.refine(torch.stack(gathered).mean(dim=0))
     expected = {
-        k: f + (F.interpolate(balanced, size=f.shape[-2:], mode="nearest") if i < r else F.adaptive_max_pool2d(balanced, f.shape[-2:]))
+        k: f + (nearest(balanced, f.shape[-2:]) if i < r else F.adaptive_max_pool2d(balanced, f.shape[-2:]))
         for i, (k, f) in enumerate(zip(levels, feats))
     }
     weights = {k: torch.randn_like(v) for k, v in expected.items()}

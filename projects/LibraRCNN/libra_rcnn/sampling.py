@@ -53,7 +53,8 @@ class _RandomOrder:
         self.sorted_group, order = torch.sort(group.index_select(0, perm))
         self.order = perm.index_select(0, order)
         # (scatter_add_ rather than bincount, which reads the largest value back to the host on a GPU)
-        sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device).scatter_add_(0, group, torch.ones_like(group))
+        sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device)
+        sizes.scatter_add_(0, group, torch.ones_like(group))
         # Position (in sorted order) of the first element of each element's group.
         self.group_start = (torch.cumsum(sizes, 0) - sizes).index_select(0, self.sorted_group)
 
