@@ -1,0 +1,352 @@
+"""Training step and inference of detector pairs, baseline vs Libra, side by side.
+
+Each model of a pair lives in a worker process of its own (so that its peak memory is its
+own), both workers are alive at once, and the parent asks them for one measurement at a time,
+alternating A B B A ..., so that drift on a shared machine hits both models alike. Only one
+worker computes at any moment.
+
+- Training step: Detectron2's ``SimpleTrainer.run_step`` (forward, losses, backward, the
+  optimizer's step: Detectron2's ``build_optimizer``, SGD with momentum) on the same batch in
+  every step and for both models. ``SOLVER.BASE_LR`` is set to 0: the SGD update does the
+  same arithmetic for any learning rate, and the weights stay as loaded, so every step does the
+  same work (an R-50 with frozen BatchNorm and no ImageNet weights diverges within a few steps
+  at the config's learning rate).
+- Inference: ``model.eval()`` on one image at a time under ``torch.no_grad()`` (as
+  Detectron2's ``inference_on_dataset``), post-processing included.
+- Weights: the trained FashionScenes checkpoints when present (``--checkpoints``), else random
+  init; the frozen BatchNorm of the COCO-size R-50s is calibrated on the batch
+  (:func:`calibrate_frozen_batchnorm`), so that both models process the full 1000 proposals.
+- Peak memory: CUDA ``max_memory_allocated`` over the phase on a GPU; on the CPU the worker's
+  peak resident set size (``ru_maxrss``: weights, gradients, optimizer state, activations and
+  the ~0.4 GiB of the libraries). Inference runs before training in each worker, so the CPU's
+  inference peak is not masked by training.
+"""
+
+import os
+import pickle
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .common import median, peak_mib, reset_peak, rss_mib, synchronize, timed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A baseline and its Libra counterpart, trained and run on the same inputs."""
+
+    suite: str  # "FashionScenes" or "COCO size"
+    family: str  # "rcnn" or "retinanet"
+    baseline_name: str
+    baseline_config: str
+    libra_name: str
+    libra_config: str
+
+
+PAIRS = [
+    Pair(
+        "FashionScenes",
+        "rcnn",
+        "Faster R-CNN",
+        "configs/FashionScenes/ablation/table2_a_baseline.yaml",
+        "Libra R-CNN",
+        "configs/FashionScenes/ablation/table2_d_balanced_l1.yaml",
+    ),
+    Pair(
+        "FashionScenes",
+        "retinanet",
+        "RetinaNet",
+        "configs/FashionScenes/retinanet_R_18_FPN_GN.yaml",
+        "Libra RetinaNet",
+        "configs/FashionScenes/libra_retinanet_R_18_FPN_GN.yaml",
+    ),
+    Pair(
+        "COCO size",
+        "rcnn",
+        "Faster R-CNN R-50",
+        "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+        "Libra R-CNN R-50",
+        "configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.yaml",
+    ),
+    Pair(
+        "COCO size",
+        "retinanet",
+        "RetinaNet R-50",
+        "configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+        "Libra RetinaNet R-50",
+        "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml",
+    ),
+]
+
+COCO_SIZE = (800, 1333)  # (height, width): the paper's single-scale training input
+
+
+def load_config(config_file: str, device: str):
+    """The config with the project's keys, on ``device``, without any download."""
+    from detectron2.config import get_cfg
+
+    import libra_rcnn
+
+    cfg = get_cfg()
+    libra_rcnn.add_libra_config(cfg)
+    cfg.merge_from_file(str(REPO / config_file))
+    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", "SOLVER.BASE_LR", 0.0])
+    return cfg
+
+
+def checkpoint_for(config_file: str, checkpoints: Optional[str]) -> Optional[str]:
+    """``<checkpoints>/<config name>/model_final.pth`` if it exists (trained weights), else None."""
+    if not checkpoints:
+        return None
+    path = Path(checkpoints) / Path(config_file).stem / "model_final.pth"
+    return str(path) if path.is_file() else None
+
+
+def make_batch(config_file: str, suite: str, batch_size: int, seed: int) -> List[dict]:
+    """The training batch of a pair: the first ``batch_size`` images of ``fashion_scenes_train``.
+
+    Mapped by Detectron2's ``DatasetMapper`` with the config's augmentations (FashionScenes:
+    256 px, random flip, seeded), or resized to 800 x 1333 for the COCO-size pair (boxes
+    scaled with the image; class ids kept, in the config's 80 classes).
+
+    Raises:
+        FileNotFoundError: if the dataset has not been built (naming the command that builds it).
+    """
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.data import transforms as T
+
+    import libra_rcnn  # noqa: F401  (registers fashion_scenes_train)
+
+    try:
+        dicts = DatasetCatalog.get("fashion_scenes_train")[:batch_size]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{e}: build the dataset first: .venv/bin/python -m libra_rcnn.data --out datasets/fashion_scenes"
+        ) from e
+    cfg = load_config(config_file, "cpu")
+    if suite == "COCO size":
+        mapper = DatasetMapper(cfg, is_train=True, augmentations=[T.Resize(COCO_SIZE)])
+    else:
+        mapper = DatasetMapper(cfg, is_train=True)
+    np.random.seed(seed)
+    return [mapper(d) for d in dicts]
+
+
+def calibrate_frozen_batchnorm(model, inputs: List[dict]) -> int:
+    """Sets every ``FrozenBatchNorm2d`` of the backbone to its input's statistics on ``inputs``.
+
+    Without ImageNet weights (nothing is downloaded here), an R-50 with frozen identity
+    BatchNorm grows its activations to thousands; the RPN's box deltas then overflow and most
+    proposals are dropped as empty, so a training step or an inference would do far less work
+    than with real weights, and a different amount for each model. One forward pass with each
+    layer set to normalise its own input (per-channel mean and variance over the batch, in
+    order of execution) keeps the activations O(1), as trained weights do. Both models of a
+    pair are built from the same seed and calibrated on the same images.
+
+    Returns:
+        the number of layers calibrated (0 for a model without frozen BatchNorm).
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    def set_statistics(module, args):
+        x = args[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)))
+
+    layers = [m for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    handles = [m.register_forward_pre_hook(set_statistics) for m in layers]
+    try:
+        with torch.no_grad():
+            model.backbone(model.preprocess_image(inputs).tensor)
+    finally:
+        for h in handles:
+            h.remove()
+    return len(layers)
+
+
+def _worker(
+    conn, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int
+) -> None:
+    """Worker process: builds one model, then answers the parent's measurement requests."""
+    try:
+        torch.set_num_threads(threads)
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.engine import SimpleTrainer
+        from detectron2.modeling import build_model
+        from detectron2.solver import build_optimizer
+        from detectron2.utils.env import seed_all_rng
+        from detectron2.utils.events import EventStorage
+
+        seed_all_rng(seed)
+        cfg = load_config(config_file, device)
+        model = build_model(cfg)
+        batch = pickle.loads(batch_bytes)
+        calibrated = 0
+        if weights:
+            DetectionCheckpointer(model).load(weights)
+        else:
+            calibrated = calibrate_frozen_batchnorm(model, batch)
+        images = [{"image": d["image"], "height": d["image"].shape[1], "width": d["image"].shape[2]} for d in batch]
+        optimizer = build_optimizer(cfg, model)
+        trainer = SimpleTrainer(model, _repeat(batch), optimizer)
+        storage = EventStorage(0)
+        trainer.storage = storage
+        state = {"step": 0, "image": 0}
+
+        def train_step():
+            trainer.iter = storage.iter = state["step"]
+            with storage:
+                trainer.run_step()
+            state["step"] += 1
+
+        def infer():
+            with torch.no_grad():
+                model([images[state["image"] % len(images)]])
+            state["image"] += 1
+
+        conn.send(("ready", {"rss_idle_mib": rss_mib(), "parameters": sum(p.numel() for p in model.parameters()),
+                             "calibrated_frozen_bn": calibrated}))  # fmt: skip
+        while True:
+            command, arg = conn.recv()
+            if command == "phase":  # a new peak-memory window: "train" or "inference"
+                model.train(arg == "train")
+                synchronize(device)
+                reset_peak(device)
+                conn.send(("ok", None))
+            elif command == "train":
+                conn.send(("ok", timed(train_step, device)))
+            elif command == "infer":
+                conn.send(("ok", timed(infer, device)))
+            elif command == "peak":
+                conn.send(("ok", peak_mib(device)))
+            else:
+                conn.send(("ok", None))
+                return
+    except Exception:  # reported to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+
+
+def _repeat(batch):
+    while True:
+        yield batch
+
+
+class _Worker:
+    def __init__(
+        self, ctx, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int
+    ):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker, args=(child, config_file, weights, device, batch_bytes, seed, threads)
+        )
+        self.process.start()
+        self.info = self._answer()
+
+    def _answer(self):
+        status, value = self.conn.recv()
+        if status == "error":
+            self.process.join()
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def ask(self, command: str, arg=None):
+        self.conn.send((command, arg))
+        return self._answer()
+
+    def close(self):
+        if self.process.is_alive():
+            try:
+                self.ask("stop")
+            except (EOFError, BrokenPipeError, RuntimeError):
+                pass
+        self.process.join(timeout=60)
+
+
+def _alternate(workers: Dict[str, _Worker], command: str, warmup: int, repeats: int) -> Dict[str, List[float]]:
+    """Seconds of ``repeats`` measurements per worker after ``warmup`` each, in A B B A order."""
+    names = list(workers)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for round_ in range(warmup + repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            seconds = workers[name].ask(command)
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def measure_pair(
+    pair: Pair,
+    device: str,
+    batch_size: int,
+    train_warmup: int,
+    train_repeats: int,
+    infer_warmup: int,
+    infer_repeats: int,
+    checkpoints: Optional[str],
+    seed: int,
+    threads: int,
+    log=print,
+) -> dict:
+    """Training step and inference of both models of ``pair`` on ``device``, interleaved.
+
+    Returns:
+        dict with the pair's names, configs, batch, input size, weights and, per model
+        (``"baseline"``, ``"libra"``): median ``train_s`` (s/step), ``infer_s`` (s/image),
+        ``train_peak_mib``, ``infer_peak_mib``, ``rss_idle_mib`` and the raw times; plus the
+        ``ratio`` Libra / baseline of each median and peak.
+    """
+    import multiprocessing
+
+    batch = make_batch(pair.baseline_config, pair.suite, batch_size, seed)
+    batch_bytes = pickle.dumps(batch)
+    configs = {"baseline": pair.baseline_config, "libra": pair.libra_config}
+    weights = {k: checkpoint_for(c, checkpoints) if pair.suite == "FashionScenes" else None for k, c in configs.items()}
+    ctx = multiprocessing.get_context("spawn")
+    workers: Dict[str, _Worker] = {}
+    try:
+        for key, config_file in configs.items():
+            workers[key] = _Worker(ctx, config_file, weights[key], device, batch_bytes, seed, threads)
+        result = {
+            "suite": pair.suite,
+            "device": device,
+            "baseline_name": pair.baseline_name,
+            "libra_name": pair.libra_name,
+            "configs": configs,
+            "weights": {k: (os.path.relpath(w, REPO) if w else "random init") for k, w in weights.items()},
+            "batch_size": batch_size,
+            "input_hw": list(batch[0]["image"].shape[1:]),
+            "models": {k: dict(w.info) for k, w in workers.items()},
+        }
+        for phase, command, warmup, repeats, unit in (
+            ("inference", "infer", infer_warmup, infer_repeats, "infer"),
+            ("train", "train", train_warmup, train_repeats, "train"),
+        ):
+            for w in workers.values():
+                w.ask("phase", phase)
+            log(f"  {pair.suite} {pair.baseline_name} vs {pair.libra_name} on {device}: {phase} ...")
+            times = _alternate(workers, command, warmup, repeats)
+            for key, w in workers.items():
+                model = result["models"][key]
+                model[f"{unit}_times_s"] = [round(t, 5) for t in times[key]]
+                model[f"{unit}_s"] = median(times[key])
+                model[f"{unit}_peak_mib"] = w.ask("peak")
+        result["ratio"] = {
+            k: result["models"]["libra"][k] / result["models"]["baseline"][k]
+            for k in ("train_s", "infer_s", "train_peak_mib", "infer_peak_mib")
+        }
+        # Libra / baseline of each round's pair of measurements: their spread shows the noise.
+        result["paired_ratios"] = {
+            unit: sorted(l / b for b, l in zip(result["models"]["baseline"][f"{unit}_times_s"],
+                                               result["models"]["libra"][f"{unit}_times_s"]))
+            for unit in ("train", "infer")
+        }  # fmt: skip
+        return result
+    finally:
+        for w in workers.values():
+            w.close()

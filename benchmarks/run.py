@@ -1,0 +1,179 @@
+"""The benchmark command: every measurement in one process and one run, then the report.
+
+    .venv/bin/python -m benchmarks            # about 15 min on a 2-core CPU
+
+writes ``benchmarks/results/results.json`` (every figure, the raw times included) and
+``benchmarks/results/results.md`` (the tables); ``--update-readme`` also copies the tables
+into README.md's "Benchmarks" section. See benchmarks/README.md.
+"""
+
+import argparse
+import datetime
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from . import bfp, detectors, report, sampler
+from .common import devices, environment, load_average
+
+REPO = Path(__file__).resolve().parents[1]
+README_BEGIN = "<!-- benchmarks:begin (written by python -m benchmarks --update-readme) -->"
+README_END = "<!-- benchmarks:end -->"
+ACCURACY_TESTS = ("tests/test_sampling.py", "tests/test_bfp.py")
+PARTS = ["detectors", "sampler", "bfp", "non_local", "tests"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for results.json and results.md")
+    p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when available")
+    p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts (default: all)")
+    p.add_argument(
+        "--suites", nargs="+", choices=["FashionScenes", "COCO size"], default=["FashionScenes", "COCO size"]
+    )
+    p.add_argument("--families", nargs="+", choices=["rcnn", "retinanet"], default=["rcnn", "retinanet"],
+                   help="detector pairs: Faster R-CNN vs Libra R-CNN, RetinaNet vs Libra RetinaNet")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch threads of every measuring process (default: torch's, one per core)")  # fmt: skip
+    g = p.add_argument_group("detectors")
+    g.add_argument("--fashion-batch", type=int, default=4, help="FashionScenes images per step (the configs' 4)")
+    g.add_argument("--coco-batch", type=int, default=2, help="COCO-size images per step (the 1x schedule's per GPU)")
+    g.add_argument("--coco-batch-cpu", type=int, default=1, help="COCO-size images per step on the CPU")
+    g.add_argument("--train-warmup", type=int, default=2)
+    g.add_argument("--train-repeats", type=int, default=10)
+    g.add_argument("--coco-train-warmup", type=int, default=2)
+    g.add_argument("--coco-train-repeats", type=int, default=6)
+    g.add_argument("--infer-warmup", type=int, default=2)
+    g.add_argument("--infer-repeats", type=int, default=20)
+    g.add_argument("--coco-infer-warmup", type=int, default=2)
+    g.add_argument("--coco-infer-repeats", type=int, default=12)
+    g.add_argument("--checkpoints", default=str(REPO / "output" / "ablation" / "fashion_scenes"),
+                   help="trained FashionScenes weights: DIR/<config name>/model_final.pth when present "
+                   "(the ablation runner's output); '' for random init")  # fmt: skip
+    g = p.add_argument_group("sampler and BFP")
+    g.add_argument("--sampler-batches", type=int, nargs="+", default=[2, 4, 8, 16])
+    g.add_argument("--sampler-warmup", type=int, default=3)
+    g.add_argument("--sampler-repeats", type=int, default=20)
+    g.add_argument("--bfp-batch", type=int, default=1)
+    g.add_argument("--bfp-warmup", type=int, default=1)
+    g.add_argument("--bfp-repeats", type=int, default=5)
+    p.add_argument("--update-readme", action="store_true", help="copy results.md into README.md's Benchmarks section")
+    args = p.parse_args(argv)
+    for name in ("threads", "fashion_batch", "coco_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
+                 "infer_repeats", "coco_infer_repeats", "sampler_repeats", "bfp_batch", "bfp_repeats"):  # fmt: skip
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if any(b < 1 for b in args.sampler_batches):
+        p.error(f"--sampler-batches must be >= 1, got {args.sampler_batches}")
+    return args
+
+
+def run_tests(log) -> dict:
+    """Runs the sampler's and the BFP's tests (pytest) and returns each file's summary line."""
+    outcomes = {}
+    for path in ACCURACY_TESTS:
+        log(f"  pytest {path} ...")
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+                              cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        lines = [l for l in proc.stdout.strip().splitlines() if l.strip()]
+        outcomes[path] = {"passed": proc.returncode == 0, "summary": lines[-1].strip("= ") if lines else "no output"}
+    return outcomes
+
+
+def update_readme(markdown: str, readme: Path = REPO / "README.md") -> None:
+    """Replaces the text between the benchmark markers of ``readme`` with ``markdown``.
+
+    Raises:
+        ValueError: if the README has no such markers.
+    """
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no '{README_BEGIN}' ... '{README_END}' section to update")
+    readme.write_text(pattern.sub(lambda _: f"{README_BEGIN}\n{markdown}{README_END}", text))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    parts = set(args.only or PARTS)
+    targets = devices(args.devices)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    results = {
+        "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "environment": environment(),
+        "devices": targets,
+        "options": {k: v for k, v in vars(args).items() if k not in ("out", "update_readme", "only")},
+        "load_before": load_average(),
+    }
+    if "tests" in parts:
+        log("accuracy tests")
+        results["tests"] = run_tests(log)
+    for device in targets:
+        if "detectors" in parts:
+            log(f"detectors on {device}")
+            for pair in detectors.PAIRS:
+                if pair.suite not in args.suites or pair.family not in args.families:
+                    continue
+                coco = pair.suite == "COCO size"
+                results.setdefault("detectors", []).append(
+                    detectors.measure_pair(
+                        pair,
+                        device,
+                        batch_size=(
+                            (args.coco_batch_cpu if device == "cpu" else args.coco_batch)
+                            if coco
+                            else args.fashion_batch
+                        ),
+                        train_warmup=args.coco_train_warmup if coco else args.train_warmup,
+                        train_repeats=args.coco_train_repeats if coco else args.train_repeats,
+                        infer_warmup=args.coco_infer_warmup if coco else args.infer_warmup,
+                        infer_repeats=args.coco_infer_repeats if coco else args.infer_repeats,
+                        checkpoints=args.checkpoints,
+                        seed=args.seed,
+                        threads=args.threads,
+                        log=log,
+                    )
+                )
+        if "sampler" in parts:
+            log(f"sampler on {device}")
+            measured = sampler.measure_samplers(
+                args.sampler_batches, device, args.sampler_warmup, args.sampler_repeats, args.seed, args.threads, log
+            )
+            results.setdefault("sampler", {"rows": []})["rows"] += measured["rows"]
+            results["sampler"]["reference"] = measured["reference"]
+        if "bfp" in parts:
+            log(f"BFP on {device}")
+            results.setdefault("bfp", []).extend(
+                bfp.measure_refine_types(device, args.bfp_batch, args.bfp_warmup, args.bfp_repeats, args.seed)
+            )
+        if "non_local" in parts:
+            log(f"non-local block on {device}")
+            results.setdefault("non_local", []).extend(
+                bfp.measure_non_local(
+                    device, sorted({1, 2, args.bfp_batch}), args.bfp_warmup, args.bfp_repeats, args.seed
+                )
+            )
+    results["load_after"] = load_average()
+    results["targets"] = report.check_targets(results)
+    markdown = report.to_markdown(results)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(markdown)
+    if args.update_readme:
+        update_readme(markdown)
+    log(markdown)
+    log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return results

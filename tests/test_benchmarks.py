@@ -1,0 +1,158 @@
+"""The benchmark package (benchmarks/): inputs, bookkeeping, target checks and report; no timings."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import bfp, detectors, report, run, sampler  # noqa: E402
+
+
+def test_pyramid_sizes_of_a_coco_input():
+    # 800 x 1344 (1333 padded to a multiple of 32): strides 4 ... 64, ceil division.
+    assert bfp.pyramid_sizes() == [(200, 336), (100, 168), (50, 84), (25, 42), (13, 21)]
+
+
+def test_sampler_inputs_span_positives_and_negatives():
+    inputs = sampler.make_inputs(3, seed=1)
+    assert all(1 <= g <= sampler.MAX_GTS for g in inputs["num_gts"])
+    for num_gts, classes, matched, iou in zip(
+        *(inputs[k] for k in ("num_gts", "gt_classes", "matched_idxs", "max_iou"))
+    ):
+        assert classes.shape == matched.shape == iou.shape == (sampler.PROPOSALS_PER_IMAGE,)
+        assert float(iou.min()) >= 0 and float(iou.max()) <= 1
+        positive = classes < sampler.NUM_CLASSES
+        # Matched at IoU 0.5: positives exactly where the best IoU reaches it.
+        assert torch.equal(positive, iou >= 0.5)
+        assert 0 < int(positive.sum()) < sampler.PROPOSALS_PER_IMAGE
+        assert int(matched.max()) < num_gts
+        # IoU spans 0..1 among the negatives too: each of the paper's three bins is populated.
+        for low, high in ((0, 1 / 6), (1 / 6, 1 / 3), (1 / 3, 0.5)):
+            assert int(((iou >= low) & (iou < high)).sum()) > 0
+    flat = sampler.batch_inputs(inputs, "cpu")
+    assert flat["num_gts"] == sum(inputs["num_gts"]) and flat["num_images"] == 3
+    first = inputs["num_gts"][0]
+    n = sampler.PROPOSALS_PER_IMAGE
+    assert torch.equal(flat["gt_index"][n : 2 * n], inputs["matched_idxs"][1] + first)
+    assert flat["image_index"].tolist() == [0] * n + [1] * n + [2] * n
+
+
+def test_saved_for_backward_counts_distinct_tensors_without_inputs():
+    a = torch.randn(1024, 256, requires_grad=True)  # 1 MiB of float32
+    # exp saves its output (1 MiB); multiplying by a number saves nothing; the input excluded.
+    assert bfp.saved_for_backward_mib(lambda: (a * 2).exp(), [a]) == pytest.approx(1.0)
+    # a * a saves a twice (one storage): counted once, or not at all when excluded.
+    assert bfp.saved_for_backward_mib(lambda: a * a, []) == pytest.approx(1.0)
+    assert bfp.saved_for_backward_mib(lambda: a * a, [a]) == 0
+
+
+class FakeWorker:
+    def __init__(self, name, log):
+        self.name, self.log, self.calls = name, log, 0
+
+    def ask(self, command, arg=None):
+        self.calls += 1
+        self.log.append(self.name)
+        return 10.0 * self.calls if self.name == "a" else float(self.calls)
+
+
+def test_alternate_interleaves_and_drops_the_warmup():
+    log = []
+    times = detectors._alternate({"a": FakeWorker("a", log), "b": FakeWorker("b", log)}, "train", warmup=1, repeats=3)
+    assert "".join(log) == "abbaabba"
+    assert times == {"a": [20.0, 30.0, 40.0], "b": [2.0, 3.0, 4.0]}
+
+
+def pair_result(device="cpu", suite="COCO size", train=(1.0, 1.04), infer=(1.0, 1.10), peak=(1000.0, 1120.0)):
+    models = {
+        key: {"train_s": train[i], "infer_s": infer[i], "train_peak_mib": peak[i], "infer_peak_mib": peak[i] / 2}
+        for i, key in enumerate(("baseline", "libra"))
+    }
+    ratio = {k: models["libra"][k] / models["baseline"][k] for k in models["baseline"]}
+    return {"suite": suite, "device": device, "baseline_name": "Faster R-CNN", "libra_name": "Libra R-CNN",
+            "models": models, "ratio": ratio, "batch_size": 1, "input_hw": [800, 1333],
+            "weights": {"baseline": "random init", "libra": "random init"}}  # fmt: skip
+
+
+def test_targets_are_met_or_missed_by_their_margin():
+    results = {
+        "detectors": [pair_result()],
+        "sampler": {"rows": [{"batch": 8, "device": "cpu", "speedup_vs_mmdet": 12.0}]},
+        "non_local": [{"device": "cpu", "batch": 1, "max_abs_diff": 3e-7}],
+        "tests": {"tests/test_sampling.py": {"passed": True, "summary": "32 passed"}},
+    }
+    rows = report.check_targets(results)
+
+    def row(prefix):
+        (found,) = [r for r in rows if r["target"].startswith(prefix)]
+        return found
+
+    assert row("training step")["met"] is True  # 1.04 against 1.05
+    assert row("inference") | {"target": ""} == {
+        "target": "",
+        "measured": "1.100x",
+        "met": False,
+        "margin": "missed by 0.02x",
+    }
+    assert row("peak training memory")["margin"] == "missed by 0.02x"  # 1.12 against 1.10
+    assert row("sampler >=")["met"] is True and row("sampler >=")["measured"] == "12.0x"
+    assert row("sampler: zero")["met"] is None and row("sampler: zero")["measured"] == "no GPU"
+    assert row("fused non-local")["met"] is True
+    assert row("accuracy unchanged")["met"] is True
+
+
+def test_markdown_says_no_gpu_and_shows_the_measured_ratio():
+    results = {
+        "command": "python -m benchmarks", "date": "2026-01-01 00:00", "devices": ["cpu"],
+        "environment": {"git_commit": "abc", "cpu": "CPU", "cpu_cores": 2, "torch_threads": 2, "memory_gib": 8,
+                        "gpu": "no GPU", "python": "3", "torch": "2", "detectron2": "0.7", "numpy": "1",
+                        "libra_rcnn": "projects/LibraRCNN/libra_rcnn"},
+        "options": {"train_repeats": 10, "train_warmup": 2, "coco_train_repeats": 3, "coco_train_warmup": 1,
+                    "infer_repeats": 20, "infer_warmup": 2, "coco_infer_repeats": 5, "coco_infer_warmup": 2},
+        "load_before": [0.1, 0.1, 0.1], "load_after": [0.2, 0.2, 0.2],
+        "detectors": [pair_result(train=(2.0, 2.5))],
+    }  # fmt: skip
+    results["targets"] = report.check_targets(results)
+    text = report.to_markdown(results)
+    assert "no GPU" in text
+    assert "| 2.000 | 2.500 | 1.250x |" in text
+    assert "**missed** (missed by 0.2x)" in text
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n## Benchmarks\n{run.README_BEGIN}\nold table\n{run.README_END}\n\n## Layout\n")
+    run.update_readme("| new | table |\n", readme)
+    assert (
+        readme.read_text()
+        == f"# Title\n\n## Benchmarks\n{run.README_BEGIN}\n| new | table |\n{run.README_END}\n\n## Layout\n"
+    )
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no .* section"):
+        run.update_readme("x", readme)
+
+
+def test_bad_counts_are_refused_naming_the_option():
+    with pytest.raises(SystemExit):
+        run.parse_args(["--coco-train-repeats", "0"])
+    assert run.parse_args(["--sampler-batches", "2", "8"]).sampler_batches == [2, 8]
+
+
+@pytest.mark.skipif(not sampler.reference_available(), reason="optional: benchmarks/setup_reference_env.sh not run")
+def test_reference_samplers_on_the_same_inputs(monkeypatch):
+    monkeypatch.syspath_prepend(str(sampler.REFERENCE_ENV))
+    from benchmarks import reference_sampler
+
+    inputs = sampler.make_inputs(2, seed=3)
+    combined = reference_sampler.load_samplers()
+    assigned = reference_sampler.assign_results(inputs, "cpu")
+    for result, classes in zip(assigned, inputs["gt_classes"]):
+        assert torch.equal(result.gt_inds > 0, classes < sampler.NUM_CLASSES)
+    for (pos, neg), classes in zip(reference_sampler.sample_batch(combined, assigned), inputs["gt_classes"]):
+        assert bool((classes[pos] < sampler.NUM_CLASSES).all()) and bool((classes[neg] == sampler.NUM_CLASSES).all())
+        assert pos.numel() <= 128 and pos.numel() + neg.numel() == sampler.ROIS_PER_IMAGE
+    assert combined.neg_sampler.floor_thr == 0  # switched from -1 by its first call
