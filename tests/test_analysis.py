@@ -23,7 +23,7 @@ from libra_rcnn.imbalance import (
     negative_iou_counts,
 )
 
-from conftest import REPO, SMALL_OVERRIDES, load_cfg
+from conftest import REPO, TINY, load_cfg
 
 CONFIG = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
 BIN_KEYS = [f"roi_head/num_bg_iou_{n}" for n in NEG_IOU_BIN_NAMES]
@@ -206,16 +206,6 @@ def test_gradient_shares_only_on_the_periods_iterations():
 def test_negative_period_is_refused_naming_the_key():
     with pytest.raises(ValueError, match=r"MODEL\.LIBRA\.ANALYSIS\.GRAD_SHARE_PERIOD"):
         roi_heads(["MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD", "-1"])
-
-
-TINY = [
-    *SMALL_OVERRIDES,
-    "DATASETS.TRAIN", "('tiny_scenes_train',)",
-    "DATASETS.TEST", "('tiny_scenes_val',)",
-    "DATALOADER.NUM_WORKERS", "0",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -9,3 +9,21 @@
 
 The statistics themselves are computed by :mod:`libra_rcnn.imbalance`.
 """
+import os
+
+__all__ = ["save_figure"]
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+    """Lay out a matplotlib figure, save it as ``path`` (folders made as needed), close it.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

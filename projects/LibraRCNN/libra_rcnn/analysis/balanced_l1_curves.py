@@ -24,6 +24,7 @@ from detectron2.config import get_cfg
 from ..balanced_l1 import BalancedL1Options
 from ..config import add_libra_config
 from ..imbalance import INLIER_LOSS, box_reg_loss_and_grad
+from . import save_figure
 
 __all__ = ["curves", "draw_balanced_l1_curves", "main"]
 
@@ -104,11 +105,7 @@ def draw_balanced_l1_curves(
         ax.grid(alpha=0.3)
     ax_grad.legend(fontsize=8, loc="lower right")
     fig.suptitle(title or "Balanced L1 vs. smooth L1 (Libra R-CNN Fig. 5)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

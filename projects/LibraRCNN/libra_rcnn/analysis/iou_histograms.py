@@ -39,6 +39,7 @@ from detectron2.modeling.sampling import subsample_labels
 
 from ..imbalance import HARD_NEGATIVE_IOU
 from ..roi_heads import build_roi_sampler, label_proposals
+from . import save_figure
 
 __all__ = ["NEGATIVE_SETS", "negative_ious", "iou_histogram", "hard_share", "draw_iou_histograms", "main"]
 
@@ -159,11 +160,7 @@ def draw_iou_histograms(ious: Dict[str, torch.Tensor], bg_iou_thresh: float, out
         ax.grid(axis="y", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("share of the negatives (%)")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

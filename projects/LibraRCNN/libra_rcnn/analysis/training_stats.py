@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..imbalance import HARD_NEGATIVE_IOU, NEG_IOU_BIN_EDGES, NEG_IOU_BIN_NAMES
+from . import save_figure
 
 __all__ = ["read_metrics", "series", "mean_bins", "draw_training_stats", "main"]
 
@@ -119,11 +120,7 @@ def draw_training_stats(runs: Dict[str, Sequence[dict]], output: str, title: str
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return save_figure(fig, output)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
