@@ -44,7 +44,10 @@ def check_image_files(records: Sequence[dict], dataset: str) -> None:
     """Raise :class:`DatasetError` naming the first record whose image file does not exist."""
     for i, record in enumerate(records):
         if not os.path.isfile(record["file_name"]):
-            raise DatasetError(f"dataset {dataset}: image file {record['file_name']} of {_record_name(record, i)} not found")
+            raise DatasetError(
+                f"dataset {dataset}: image file {record['file_name']} of record {i} "
+                f"(image_id {record.get('image_id', '?')}) not found"
+            )
 
 
 def check_records(records: List[dict], dataset: str, num_classes: int, num_classes_key: str) -> List[dict]:
