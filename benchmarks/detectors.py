@@ -54,9 +54,9 @@ PAIRS = [
         "FashionScenes",
         "rcnn",
         "Faster R-CNN",
-        "configs/FashionScenes/ablation/table2_a_baseline.yaml",
+        "configs/FashionScenes/ablation/table2_l1_a_baseline.yaml",
         "Libra R-CNN",
-        "configs/FashionScenes/ablation/table2_d_balanced_l1.yaml",
+        "configs/FashionScenes/ablation/table2_l1_d_balanced_l1.yaml",
     ),
     Pair(
         "FashionScenes",

@@ -59,6 +59,29 @@ def test_refine_none_is_the_gather_average_scatter_residual():
     np.testing.assert_allclose(out["p4"].detach().numpy(), p4 + block_max(integrated, 2), rtol=0, atol=1e-12)
 
 
+def test_refine_conv_is_a_3x3_conv_then_relu_by_hand():
+    # The reference's ConvModule: 3x3 conv (padding 1) + ReLU on the integrated level.
+    levels = small_levels(seed=3)
+    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=1, refine_type="conv").double()
+    assert [name for name, _ in bfp.refine.named_children()] == ["conv", "relu"]
+    out = bfp(torch.zeros(1))
+    p2, p3, p4 = (levels[k].numpy() for k in ("p2", "p3", "p4"))
+    integrated = (block_max(p2, 2) + p3 + repeat(p4, 2)) / 3  # (2, 3, 4, 4)
+    weight = bfp.refine.conv.weight.detach().numpy()  # (3, 3, 3, 3): out, in, kh, kw
+    bias = bfp.refine.conv.bias.detach().numpy()
+    padded = np.pad(integrated, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    conv = np.zeros_like(integrated)
+    for i in range(4):
+        for j in range(4):
+            window = padded[:, :, i : i + 3, j : j + 3]  # (2, 3 in, 3, 3)
+            conv[:, :, i, j] = np.einsum("bckl,ockl->bo", window, weight) + bias
+    refined = np.maximum(conv, 0.0)
+    assert (conv < 0).any() and (conv > 0).any()  # the ReLU cuts something off
+    np.testing.assert_allclose(out["p2"].detach().numpy(), p2 + repeat(refined, 2), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["p3"].detach().numpy(), p3 + refined, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["p4"].detach().numpy(), p4 + block_max(refined, 2), rtol=0, atol=1e-12)
+
+
 def test_refine_level_at_the_finest_and_coarsest():
     levels = small_levels(1)
     p2, p3, p4 = (levels[k].numpy() for k in ("p2", "p3", "p4"))

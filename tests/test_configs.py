@@ -63,12 +63,19 @@ def _diff(config_file, reference_file):
     return {k: v for k, v in a.items() if v != b[k] and k != "OUTPUT_DIR"}
 
 
+# The paper's baseline box losses (METHODS.md §4): smooth L1, beta 1/9 in the RPN, 1.0 in the RoI head.
+PAPER_LOSSES = {"MODEL.RPN.SMOOTH_L1_BETA": 1 / 9, "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": 1.0}
 TABLE2_ROWS = {  # row: (reference config, keys switched on top of it)
-    "table2_a_baseline": ("faster_rcnn", {}),
-    "table2_b_iou_sampling": ("faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads"}),
-    "table2_c_iou_sampling_bfp": (
+    "table2_smooth_l1_a_baseline": ("faster_rcnn", PAPER_LOSSES),
+    "table2_smooth_l1_b_iou_sampling": ("faster_rcnn", {**PAPER_LOSSES, "MODEL.ROI_HEADS.NAME": "LibraROIHeads"}),
+    "table2_smooth_l1_c_iou_sampling_bfp": ("faster_rcnn", {
+        **PAPER_LOSSES, "MODEL.ROI_HEADS.NAME": "LibraROIHeads", "MODEL.BACKBONE.NAME": "build_bfp_backbone"}),
+    "table2_smooth_l1_d_balanced_l1": ("libra_rcnn", PAPER_LOSSES),
+    "table2_l1_a_baseline": ("faster_rcnn", {}),
+    "table2_l1_b_iou_sampling": ("faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads"}),
+    "table2_l1_c_iou_sampling_bfp": (
         "faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads", "MODEL.BACKBONE.NAME": "build_bfp_backbone"}),
-    "table2_d_balanced_l1": ("libra_rcnn", {}),
+    "table2_l1_d_balanced_l1": ("libra_rcnn", {}),
     "bfp_refine_none": ("libra_rcnn", {"MODEL.LIBRA.BFP.REFINE_TYPE": "none"}),
     "bfp_refine_conv": ("libra_rcnn", {"MODEL.LIBRA.BFP.REFINE_TYPE": "conv"}),
     "bfp_refine_non_local": ("libra_rcnn", {}),

@@ -1,4 +1,5 @@
 """Balanced feature pyramid (Libra R-CNN §3.2, Eq. 3, Fig. 4; METHODS.md §3)."""
+from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -109,7 +110,9 @@ class BalancedFeaturePyramid(Backbone):
     1. rescale every level to the size of level r: finer levels by adaptive max pooling,
        coarser ones by nearest upsampling;
     2. integrate: ``C = (1 / L) * sum_l C_l`` (no parameters);
-    3. refine C with a non-local block, a 3x3 conv, or nothing;
+    3. refine C with a non-local block, a 3x3 conv followed by a ReLU (as the reference
+       implementation's ``ConvModule``; submodules ``refine.conv`` and ``refine.relu``), or
+       nothing;
     4. strengthen: rescale C back to each level (nearest upsampling for finer levels,
        adaptive max pooling for coarser) and add it to that level.
 
@@ -147,8 +150,9 @@ class BalancedFeaturePyramid(Backbone):
         if refine_type == "non_local":
             self.refine = NonLocalBlock2d(c)
         elif refine_type == "conv":
-            self.refine = nn.Conv2d(c, c, 3, padding=1)
-            weight_init.c2_xavier_fill(self.refine)
+            conv = nn.Conv2d(c, c, 3, padding=1)
+            weight_init.c2_xavier_fill(conv)
+            self.refine = nn.Sequential(OrderedDict(conv=conv, relu=nn.ReLU()))
         else:
             self.refine = nn.Identity()
 

@@ -28,7 +28,7 @@ def add_libra_config(cfg: CN) -> None:
     - ``MODEL.LIBRA.BFP``: balanced feature pyramid (§3).
         - ``FPN_BACKBONE``: name in ``BACKBONE_REGISTRY`` of the FPN that the BFP wraps
           (``build_resnet_fpn_backbone``; ``build_retinanet_resnet_fpn_backbone`` for P3–P7).
-        - ``REFINE_TYPE``: ``"non_local"`` (embedded Gaussian), ``"conv"`` (3x3) or ``"none"``.
+        - ``REFINE_TYPE``: ``"non_local"`` (embedded Gaussian), ``"conv"`` (3x3 conv + ReLU) or ``"none"``.
         - ``REFINE_LEVEL``: index, among the FPN outputs ordered by stride, of the level at
           which features are integrated (2 = P4 for P2–P6).
     - ``MODEL.LIBRA.SAMPLER``: RoI sampling of ``LibraROIHeads`` (§2).
