@@ -2,7 +2,8 @@
 
 Importing this package registers every component in Detectron2's registries:
 
-- ``BACKBONE_REGISTRY``: ``build_bfp_backbone`` (balanced feature pyramid around an FPN);
+- ``BACKBONE_REGISTRY``: ``build_bfp_backbone`` (balanced feature pyramid around an FPN) and
+  ``build_retinanet_resnet_fpn_p7_no_relu_backbone`` (mmdetection's P6/P7, for converted models);
 - ``ROI_HEADS_REGISTRY``: ``LibraROIHeads`` (IoU-balanced sampling, balanced L1 box loss);
 - ``META_ARCH_REGISTRY``: ``LibraRetinaNet`` (RetinaNet with the balanced L1 box loss) and
   ``FSAF`` (the feature-selective anchor-free module, alone or with RetinaNet's anchors);
@@ -15,6 +16,7 @@ from .bfp import BalancedFeaturePyramid, NonLocalBlock2d, build_bfp_backbone
 from .box_predictor import LibraFastRCNNOutputLayers
 from .config import add_libra_config
 from .data import FASHION_MNIST_CLASSES, build_fashion_scenes, register_fashion_scenes
+from .fpn import LastLevelP6P7NoReLU, build_retinanet_resnet_fpn_p7_no_relu_backbone
 from .fsaf import FSAF, FSAFHead, fsaf_targets, iou_loss, select_levels
 from .retinanet import LibraRetinaNet
 from .roi_heads import LibraROIHeads
@@ -38,6 +40,8 @@ __all__ = [
     "BalancedFeaturePyramid",
     "NonLocalBlock2d",
     "build_bfp_backbone",
+    "LastLevelP6P7NoReLU",
+    "build_retinanet_resnet_fpn_p7_no_relu_backbone",
     "LibraFastRCNNOutputLayers",
     "LibraROIHeads",
     "LibraRetinaNet",
