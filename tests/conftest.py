@@ -42,6 +42,20 @@ TINY = [
 TINY_CLI = [a.replace("tiny_scenes", "fashion_scenes") for a in TINY]
 
 
+REFERENCE_ENV = REPO / ".venv-bench" / "site-packages"
+
+
+def require_reference_env():
+    """Skip unless benchmarks/setup_reference_env.sh has installed mmdetection; under CI
+    (``CI`` set, as .ci/run sets it) fail instead: the tests against the reference must run there."""
+    if (REFERENCE_ENV / "mmdet").is_dir():
+        return
+    message = f"{REFERENCE_ENV} has no mmdet: run benchmarks/setup_reference_env.sh"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (.ci/run does; tests against mmdetection must not skip in CI)")
+    pytest.skip(message)
+
+
 def args_for(*argv):
     """train_net.py's parsed command line."""
     return default_argument_parser().parse_args(list(argv))

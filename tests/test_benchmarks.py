@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import bfp, detectors, report, run, sampler  # noqa: E402
+from conftest import require_reference_env  # noqa: E402
 
 
 def test_pyramid_sizes_of_a_coco_input():
@@ -142,8 +143,8 @@ def test_bad_counts_are_refused_naming_the_option():
     assert run.parse_args(["--sampler-batches", "2", "8"]).sampler_batches == [2, 8]
 
 
-@pytest.mark.skipif(not sampler.reference_available(), reason="optional: benchmarks/setup_reference_env.sh not run")
 def test_reference_samplers_on_the_same_inputs(monkeypatch):
+    require_reference_env()
     monkeypatch.syspath_prepend(str(sampler.REFERENCE_ENV))
     from benchmarks import reference_sampler
 
