@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Optional, for the benchmark only: installs the reference implementation's samplers
-# (mmdetection 3.3.0) into .venv-bench/site-packages (git-ignored), never into .venv.
+# Installs the reference implementation (mmdetection 3.3.0) into .venv-bench/site-packages
+# (git-ignored), never into .venv: for the benchmark's samplers and for the tests against
+# mmdetection's own code (tests/test_mmdet_parity.py; .ci/run runs this script first).
 #
 # The benchmark runs them with the project's interpreter (.venv/bin/python: the same torch,
 # numpy 1.26, OpenCV, setuptools<81 for mmengine's pkg_resources) and this folder first on
 # PYTHONPATH. Wheels only, no dependency resolution (--no-deps), every version pinned:
 # mmcv-lite is PyPI's wheel of mmcv 2.1.0 without the compiled ops, which the samplers never
-# call (benchmarks/reference_sampler.py registers a stand-in for mmcv._ext).
+# call (benchmarks/reference_sampler.py registers a stand-in for mmcv._ext; the parity tests
+# select torchvision's RoIAlign kernel in mmcv's RoIAlign).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
