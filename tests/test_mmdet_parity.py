@@ -29,7 +29,7 @@ from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 
 from libra_rcnn import build_fashion_scenes
-from libra_rcnn.convert_mmdet import ConversionError, anchor_order, convert_state_dict, main
+from libra_rcnn.convert_mmdet import ConversionError, anchor_order, convert_state_dict, main, suggest_config
 
 from conftest import REFERENCE_ENV, load_cfg, require_reference_env, train_net
 
@@ -366,3 +366,20 @@ def test_detectron2s_relu_before_p7_would_change_the_features(pairs, image, capl
         rel = float((ours[name] - t).abs().max() / t.abs().max())
         print(f"[parity] libra-retinanet with Detectron2's LastLevelP6P7 (ReLU before P7): {name} relative {rel:.3g}")
         assert rel > 100 * RTOL  # the BFP spreads P7's difference to every level
+
+
+@pytest.mark.parametrize(
+    "layout,config,overrides",
+    [(dict(bfp=True, kind="faster-rcnn", depth=101, groups=64, width_per_group=4, refine="non_local", num_classes=80),
+      "libra-faster-rcnn_x101-64x4d_fpn_1x_coco.yaml", []),
+     (dict(bfp=False, kind="retinanet", depth=101, groups=1, width_per_group=64, refine="none", num_classes=80),
+      "retinanet_r50_fpn_1x_coco.yaml",
+      ["MODEL.RESNETS.DEPTH", "101", "MODEL.RESNETS.NUM_GROUPS", "1", "MODEL.RESNETS.WIDTH_PER_GROUP", "64"]),
+     (dict(bfp=True, kind="faster-rcnn", depth=50, groups=1, width_per_group=64, refine="conv", num_classes=20),
+      "libra-faster-rcnn_r50_fpn_1x_coco.yaml",
+      ["MODEL.LIBRA.BFP.REFINE_TYPE", "conv", "MODEL.ROI_HEADS.NUM_CLASSES", "20"])],
+)  # fmt: skip
+def test_the_suggested_config_and_overrides_build_the_checkpoints_model(layout, config, overrides):
+    assert suggest_config(layout) == (f"{D2}/{config}", overrides)
+    cfg = load_cfg(f"{D2}/{config}", overrides)
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NUM_GROUPS) == (layout["depth"], layout["groups"])

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["ConversionError", "load_mmdet_checkpoint", "convert_state_dict", "suggest_config", "main"]
+__all__ = ["ConversionError", "load_mmdet_checkpoint", "convert_state_dict", "anchor_order", "suggest_config", "main"]
 
 CONFIG_DIR = "configs/COCO-Detection/mmdet"
 _BN = r"(weight|bias|running_mean|running_var)"
@@ -50,8 +50,6 @@ _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
-    ("torch", "Size"),
-    ("torch", "float32"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
@@ -218,7 +216,8 @@ def _rules(layout: dict) -> List[Tuple[str, object]]:
          lambda m: f"roi_heads.box_head.fc{int(m.group(1)) + 1}.{m.group(2)}"),
         (r"roi_head\.bbox_head\.fc_cls\.(weight|bias)", r"roi_heads.box_predictor.cls_score.\1"),
         (r"roi_head\.bbox_head\.fc_reg\.(weight|bias)", r"roi_heads.box_predictor.bbox_pred.\1"),
-        (r"bbox_head\.cls_convs\.(\d)\.conv\.(weight|bias)", lambda m: f"head.cls_subnet.{2 * int(m.group(1))}.{m.group(2)}"),
+        (r"bbox_head\.cls_convs\.(\d)\.conv\.(weight|bias)",
+         lambda m: f"head.cls_subnet.{2 * int(m.group(1))}.{m.group(2)}"),
         (r"bbox_head\.reg_convs\.(\d)\.conv\.(weight|bias)",
          lambda m: f"head.bbox_subnet.{2 * int(m.group(1))}.{m.group(2)}"),
         (r"bbox_head\.retina_cls\.(weight|bias)", r"head.cls_score.\1"),
@@ -299,6 +298,7 @@ def suggest_config(layout: dict) -> Tuple[str, List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line: convert ``INPUT OUTPUT``; returns 0, or 1 with the error on stderr."""
     parser = argparse.ArgumentParser(
         prog="python -m libra_rcnn.convert_mmdet",
         description="Convert an mmdetection 2.x/3.x (Libra) Faster R-CNN or RetinaNet checkpoint to Detectron2.",
@@ -320,7 +320,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{args.output}")  # fmt: skip
     print(f"config: {config}")
     print("evaluate with:")
-    print(f"  python train_net.py --config-file {config} --eval-only MODEL.WEIGHTS {args.output} {' '.join(overrides)}".rstrip())
+    command = f"python train_net.py --config-file {config} --eval-only MODEL.WEIGHTS {args.output}"
+    print("  " + " ".join([command, *overrides]))
     return 0
 
 
