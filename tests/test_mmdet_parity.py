@@ -36,7 +36,6 @@ from conftest import REFERENCE_ENV, load_cfg, require_reference_env, train_net
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4
 H, W = 128, 160
-MMDET = "mmdet/.mim/configs"
 D2 = "configs/COCO-Detection/mmdet"
 MODELS = {  # mmdetection config: our config
     "libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco": f"{D2}/libra-faster-rcnn_r50_fpn_1x_coco.yaml",
