@@ -48,7 +48,7 @@ def test_folder_pictures_json_and_an_unreadable_file(images, weights, tiny_scene
     err = capsys.readouterr().err
     assert code == 1  # one file skipped, the rest predicted
     broken = images / "zz_broken.png"
-    assert f"predict: error: cannot read {broken}: " in err and "; skipped" in err
+    assert f"predict: error: cannot read {broken}: not an image in a format PIL reads, or damaged; skipped" in err
     assert "notes.txt" not in err
     assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(4)] + ["predictions.json"]
     for i in range(4):

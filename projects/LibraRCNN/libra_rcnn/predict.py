@@ -30,7 +30,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -114,8 +114,11 @@ def predict_images(cfg, files: Sequence[str], output_dir: str, confidence_thresh
     for image_id, path in enumerate(tqdm(files, desc=PROG, unit="image", file=sys.stderr)):
         try:
             bgr = read_image(path, format="BGR")
-        except Exception as e:  # PIL's UnidentifiedImageError, OSError for a truncated file, ...
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        except Exception as e:  # PIL's UnidentifiedImageError; OSError: no permission, truncated, ...
+            if isinstance(e, UnidentifiedImageError):
+                reason = "not an image in a format PIL reads, or damaged"
+            else:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             tqdm.write(f"{PROG}: error: cannot read {path}: {reason}; skipped", file=sys.stderr)
             skipped.append((path, reason))
             continue
