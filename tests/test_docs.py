@@ -42,7 +42,8 @@ def test_relative_links_and_anchors_resolve(page):
             continue
         assert linked.exists(), f"{page.relative_to(REPO)}: link to {target} does not resolve"
         if anchor:
-            assert anchor in anchors(linked), f"{page.relative_to(REPO)}: no heading for #{anchor} in {path or page.name}"
+            where = f"{page.relative_to(REPO)}: no heading for #{anchor} in {path or page.name}"
+            assert anchor in anchors(linked), where
 
 
 def test_config_key_page_covers_every_key():

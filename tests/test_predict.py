@@ -105,12 +105,17 @@ def test_inputs_files_folders_and_globs(images):
 @pytest.mark.parametrize(
     "extra,message",
     [([], "no checkpoint: add MODEL.WEIGHTS FILE (e.g. OUTPUT_DIR/model_final.pth)"),
-     (["MODEL.WEIGHTS", "missing.pth"], "MODEL.WEIGHTS file missing.pth not found")],
+     (["MODEL.WEIGHTS", "missing.pth"], "MODEL.WEIGHTS file missing.pth not found"),
+     (["--config-file", "configs/missing.yaml"], "config file configs/missing.yaml not found"),
+     (["--config-file", "configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.py"], "a LazyConfig; DefaultPredictor")],
 )  # fmt: skip
-def test_missing_weights_fail_in_one_line(images, tmp_path, capsys, extra, message):
+def test_bad_arguments_fail_in_one_line(images, tmp_path, capsys, extra, message):
     argv = ["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path / "out")]
+    if extra and extra[0] == "--config-file":
+        argv[1], extra = extra[1], ["MODEL.WEIGHTS", "unused.pth"]
     assert main(argv + [*TINY, *extra]) == 2
-    assert capsys.readouterr().err.strip() == f"predict: error: {message}"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("predict: error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_empty_folder_fails_in_one_line(tmp_path, weights, capsys):

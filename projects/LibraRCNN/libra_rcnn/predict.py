@@ -153,12 +153,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config-file", required=True, metavar="FILE", help="YAML config of the model")
     parser.add_argument("--input", required=True, nargs="+", metavar="PATH", help="image files, folders or globs")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for pictures and predictions.json")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score (default 0.5)")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, metavar="T", help="minimum score (default 0.5)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS FILE")
     args = parser.parse_args(argv)
     try:
         if not 0.0 <= args.confidence_threshold <= 1.0:
             raise InputError(f"--confidence-threshold {args.confidence_threshold} must lie in [0, 1]")
+        if args.config_file.endswith(".py"):
+            raise InputError(
+                f"--config-file {args.config_file}: a LazyConfig; DefaultPredictor takes a YAML config "
+                "(configs/*/*.yaml builds the same models)"
+            )
         cfg = build_config(args)
         weights = cfg.MODEL.WEIGHTS
         if not weights:
