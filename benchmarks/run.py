@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bfp-batch", type=int, default=1)
     g.add_argument("--bfp-warmup", type=int, default=1)
     g.add_argument("--bfp-repeats", type=int, default=5)
-    p.add_argument("--update-docs", action="store_true", help="copy results.md into docs/benchmarks.md's marked section")
+    p.add_argument("--update-docs", action="store_true", help="copy results.md into docs/benchmarks.md's marked part")
     args = p.parse_args(argv)
     for name in ("threads", "fashion_batch", "coco_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
                  "infer_repeats", "coco_infer_repeats", "sampler_repeats", "bfp_batch", "bfp_repeats"):  # fmt: skip
