@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks            # about 15 min on a 2-core CPU
 
 writes ``benchmarks/results/results.json`` (every figure, the raw times included) and
-``benchmarks/results/results.md`` (the tables); ``--update-readme`` also copies the tables
-into README.md's "Benchmarks" section. See benchmarks/README.md.
+``benchmarks/results/results.md`` (the tables); ``--update-docs`` also copies the tables
+into docs/benchmarks.md, between its markers. See benchmarks/README.md.
 """
 
 import argparse
@@ -21,8 +21,9 @@ from . import bfp, detectors, report, sampler
 from .common import devices, environment, load_average
 
 REPO = Path(__file__).resolve().parents[1]
-README_BEGIN = "<!-- benchmarks:begin (written by python -m benchmarks --update-readme) -->"
-README_END = "<!-- benchmarks:end -->"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
+DOCS_BEGIN = "<!-- benchmarks:begin (written by python -m benchmarks --update-docs) -->"
+DOCS_END = "<!-- benchmarks:end -->"
 ACCURACY_TESTS = ("tests/test_sampling.py", "tests/test_bfp.py")
 PARTS = ["detectors", "sampler", "bfp", "non_local", "tests"]
 
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bfp-batch", type=int, default=1)
     g.add_argument("--bfp-warmup", type=int, default=1)
     g.add_argument("--bfp-repeats", type=int, default=5)
-    p.add_argument("--update-readme", action="store_true", help="copy results.md into README.md's Benchmarks section")
+    p.add_argument("--update-docs", action="store_true", help="copy results.md into docs/benchmarks.md's marked part")
     args = p.parse_args(argv)
     for name in ("threads", "fashion_batch", "coco_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
                  "infer_repeats", "coco_infer_repeats", "sampler_repeats", "bfp_batch", "bfp_repeats"):  # fmt: skip
@@ -85,17 +86,17 @@ def run_tests(log) -> dict:
     return outcomes
 
 
-def update_readme(markdown: str, readme: Path = REPO / "README.md") -> None:
-    """Replaces the text between the benchmark markers of ``readme`` with ``markdown``.
+def update_docs(markdown: str, page: Path = DOCS_PAGE) -> None:
+    """Replaces the text between the benchmark markers of ``page`` with ``markdown``.
 
     Raises:
-        ValueError: if the README has no such markers.
+        ValueError: if the page has no such markers.
     """
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
+    text = page.read_text()
+    pattern = re.compile(re.escape(DOCS_BEGIN) + r".*?" + re.escape(DOCS_END), re.S)
     if not pattern.search(text):
-        raise ValueError(f"{readme} has no '{README_BEGIN}' ... '{README_END}' section to update")
-    readme.write_text(pattern.sub(lambda _: f"{README_BEGIN}\n{markdown}{README_END}", text))
+        raise ValueError(f"{page} has no '{DOCS_BEGIN}' ... '{DOCS_END}' section to update")
+    page.write_text(pattern.sub(lambda _: f"{DOCS_BEGIN}\n{markdown}{DOCS_END}", text))
 
 
 def main(argv=None) -> dict:
@@ -113,7 +114,7 @@ def main(argv=None) -> dict:
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "environment": environment(),
         "devices": targets,
-        "options": {k: v for k, v in vars(args).items() if k not in ("out", "update_readme", "only")},
+        "options": {k: v for k, v in vars(args).items() if k not in ("out", "update_docs", "only")},
         "load_before": load_average(),
     }
     if "tests" in parts:
@@ -172,8 +173,8 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown)
-    if args.update_readme:
-        update_readme(markdown)
+    if args.update_docs:
+        update_docs(markdown)
     log(markdown)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results

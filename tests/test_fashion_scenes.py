@@ -2,6 +2,8 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 
 import libra_rcnn.data.fashion_scenes as fs
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -87,3 +89,48 @@ def test_missing_fashion_mnist_names_the_file_and_the_package(tmp_path):
         assert "train-images-idx3-ubyte.gz" in str(e) and "dataset-fashion-mnist" in str(e)
     else:
         raise AssertionError("no error for a missing Fashion-MNIST folder")
+
+
+def test_json_has_coco_info_and_licenses(tiny_scenes):
+    val = read_split(tiny_scenes / "fashion_scenes", "val")
+    assert "seed 3" in val["info"]["description"] and "val split: 4 scenes of 128x128" in val["info"]["description"]
+    assert val["licenses"] == [fs.FASHION_MNIST_LICENSE]
+    assert {image["license"] for image in val["images"]} == {1}
+
+
+def test_coco_evaluator_scores_the_builder_output(tiny_scenes, tmp_path):
+    # The GT boxes as detections: AP 100. One detection per image shifted to IoU < 0.5 with
+    # every GT box of its class makes it a false positive that outranks the rest: AP drops.
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.structures import Boxes, BoxMode, Instances
+
+    def predictions(records, spoil):
+        inputs, outputs = [], []
+        for record in records:
+            boxes = torch.tensor(
+                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record["annotations"]],
+                dtype=torch.float32,
+            )
+            scores = torch.full((len(boxes),), 0.9)
+            if spoil:
+                boxes[0] += torch.tensor([200.0, 200.0, 200.0, 200.0])  # off the 128 px image
+                scores[0] = 1.0
+            instances = Instances((record["height"], record["width"]))
+            instances.pred_boxes = Boxes(boxes)
+            instances.scores = scores
+            instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]])
+            inputs.append({"image_id": record["image_id"]})
+            outputs.append({"instances": instances})
+        return inputs, outputs
+
+    records = DatasetCatalog.get("tiny_scenes_val")
+    aps = []
+    for spoil in (False, True):
+        evaluator = COCOEvaluator("tiny_scenes_val", output_dir=str(tmp_path / str(spoil)))
+        evaluator.reset()
+        evaluator.process(*predictions(records, spoil))
+        aps.append(evaluator.evaluate()["bbox"]["AP"])
+        with open(tmp_path / str(spoil) / "coco_instances_results.json") as f:
+            assert len(json.load(f)) == sum(len(r["annotations"]) for r in records)
+    assert aps[0] == pytest.approx(100.0)
+    assert aps[1] < 99.0

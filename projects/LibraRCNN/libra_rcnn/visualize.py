@@ -18,7 +18,22 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
-__all__ = ["draw_predictions"]
+__all__ = ["draw_instances", "draw_predictions"]
+
+
+def draw_instances(bgr: np.ndarray, instances, metadata, scale: float = 1.0) -> np.ndarray:
+    """Detectron2's ``Visualizer`` drawing of ``instances`` on an image.
+
+    Args:
+        bgr: (H, W, 3) uint8 image in BGR order (as ``read_image(..., format="BGR")``).
+        instances: ``Instances`` on the CPU with ``pred_boxes``, ``scores``, ``pred_classes``.
+        metadata: the dataset's ``Metadata``; its ``thing_classes`` name the labels.
+        scale: drawing scale of the image.
+
+    Returns:
+        (H * scale, W * scale, 3) uint8 RGB image.
+    """
+    return Visualizer(bgr[:, :, ::-1], metadata, scale=scale).draw_instance_predictions(instances).get_image()
 
 
 def draw_predictions(
@@ -45,8 +60,7 @@ def draw_predictions(
         bgr = read_image(record["file_name"], format="BGR")
         instances = predictor(bgr)["instances"].to("cpu")
         instances = instances[instances.scores >= score_thresh]
-        drawn = Visualizer(bgr[:, :, ::-1], metadata, scale=2.0).draw_instance_predictions(instances)
-        tiles.append(drawn.get_image())
+        tiles.append(draw_instances(bgr, instances, metadata, scale=2.0))
     height, width = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
     rows = (len(tiles) + columns - 1) // columns
     grid = np.full((rows * height, min(columns, len(tiles)) * width, 3), 255, dtype=np.uint8)

@@ -11,7 +11,8 @@ Build::
 
     python -m libra_rcnn.data --out datasets/fashion_scenes
 
-Layout (what ``register_coco_instances`` reads)::
+Layout (what ``register_coco_instances`` reads; the JSON has COCO's ``info`` and ``licenses``
+too, which pycocotools' ``loadRes`` needs in some releases)::
 
     fashion_scenes/annotations/instances_{train,val}.json
     fashion_scenes/{train,val}/000000.png ...
@@ -43,6 +44,12 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
+# COCO's "licenses" entry of every scene: Fashion-MNIST's images are under the MIT License.
+FASHION_MNIST_LICENSE = {
+    "id": 1,
+    "name": "MIT License (Fashion-MNIST, Zalando Research)",
+    "url": "https://github.com/zalandoresearch/fashion-mnist/blob/master/LICENSE",
+}
 # Where Debian's package dataset-fashion-mnist installs the files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _SPLIT_FILES = {"train": "train", "val": "t10k"}
@@ -259,7 +266,9 @@ def build_fashion_scenes(
             pixels, items = render_scene(rng, images, labels, size=size)
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(os.path.join(image_dir, file_name))
-            coco_images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+            coco_images.append(
+                {"id": image_id, "file_name": file_name, "width": size, "height": size, "license": 1}
+            )
             for item in items:
                 x, y, w, h = item["bbox"]
                 coco_annotations.append(
@@ -273,7 +282,19 @@ def build_fashion_scenes(
                     }
                 )
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(FASHION_MNIST_CLASSES)]
-        coco = {"images": coco_images, "annotations": coco_annotations, "categories": categories}
+        info = {
+            "description": f"Fashion-MNIST scenes, {split} split: {count} scenes of {size}x{size} px, seed {seed}",
+            "contributor": "libra-rcnn (python -m libra_rcnn.data)",
+            "version": "1.0",
+            "url": "",
+        }
+        coco = {
+            "info": info,
+            "licenses": [FASHION_MNIST_LICENSE],
+            "images": coco_images,
+            "annotations": coco_annotations,
+            "categories": categories,
+        }
         tmp = json_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump(coco, f, sort_keys=True)

@@ -1,0 +1,180 @@
+"""Train and evaluate from Detectron2 LazyConfigs (Python configs), as ``tools/lazyconfig_train_net.py``.
+
+    python lazy_train_net.py --config-file configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.py
+    python lazy_train_net.py --config-file CONFIG --eval-only train.init_checkpoint=model_final.pth
+    python lazy_train_net.py --config-file CONFIG --num-gpus 8 --resume dataloader.train.total_batch_size=64
+
+Flags are Detectron2's (``default_argument_parser``); overrides are ``key=value`` on the config's
+tree (``LazyConfig.apply_overrides``). The config holds ``model``, ``dataloader.{train,test,
+evaluator}``, ``optimizer``, ``lr_multiplier`` and ``train`` as in Detectron2's model zoo
+``common/train.py``. As with ``train_net.py``: a missing config file or a bad override fails in
+one line before any work starts, ``train.device = "cuda"`` falls back to the CPU where there is
+no GPU (and AMP is then off), checkpoints are written atomically, a resumed run's ``metrics.json`` holds each
+iteration once, and ``--num-gpus N`` also runs N processes on a CPU-only machine.
+"""
+import logging
+import os
+import sys
+
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from .checkpoint import AtomicCheckpointer
+from .engine import InputError, truncate_metrics
+
+__all__ = ["load_config", "check_config", "do_test", "do_train", "main", "cli"]
+
+logger = logging.getLogger("libra_rcnn")
+
+
+def load_config(args):
+    """The LazyConfig of ``args.config_file`` with the ``key=value`` overrides of ``args.opts``.
+
+    Falls back to the CPU when ``train.device`` asks for CUDA and none is available, and turns
+    ``train.amp.enabled`` off on the CPU (Detectron2's ``AMPTrainer`` needs CUDA).
+
+    Raises:
+        InputError: for a missing config file, or a config or override that cannot be applied.
+    """
+    if not args.config_file:
+        raise InputError("no --config-file given")
+    if not os.path.isfile(args.config_file):
+        raise InputError(f"config file {args.config_file} not found")
+    try:
+        cfg = LazyConfig.load(args.config_file)
+        cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    except Exception as e:  # a syntax error, a failed import or an override of a missing key
+        raise InputError(f"{args.config_file}: {e}") from e
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        cfg.train.device = "cpu"
+    if cfg.train.device == "cpu" and cfg.train.amp.enabled:
+        # Detectron2's AMPTrainer runs on CUDA only (new_baselines/*_LSJ.py switch AMP on).
+        logger.warning("train.amp.enabled = True needs CUDA; training in float32 on the CPU")
+        cfg.train.amp.enabled = False
+    return cfg
+
+
+def check_config(cfg, args) -> None:
+    """Check, before any work starts, what would otherwise fail late.
+
+    - ``--eval-only`` has a ``train.init_checkpoint``; a local checkpoint file exists;
+    - the model builds (on the meta device, so this costs no memory): an override of a key
+      that no constructor takes, or a value that a component refuses, fails here.
+
+    Raises:
+        InputError: naming the key, file or value.
+    """
+    weights = cfg.train.init_checkpoint
+    if args.eval_only and not weights:
+        raise InputError("--eval-only needs train.init_checkpoint=FILE (a checkpoint)")
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise InputError(f"train.init_checkpoint file {weights} not found")
+    try:
+        with torch.device("meta"):
+            instantiate(cfg.model)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        raise InputError(f"model: {e}") from e
+    except Exception as e:  # a module that cannot be built on the meta device: check skipped
+        logger.warning("Skipped the model check on the meta device: %r", e)
+
+
+def _ddp(model, cfg):
+    """Detectron2's ``create_ddp_model``; on the CPU without ``device_ids``, which DDP refuses there."""
+    extra = {"device_ids": None} if torch.device(cfg.train.device).type == "cpu" else {}
+    return create_ddp_model(model, **cfg.train.ddp, **extra)
+
+
+def do_test(cfg, model):
+    """Evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``; returns the metrics."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def do_train(args, cfg):
+    """Train ``cfg.model`` for ``train.max_iter`` iterations, with Detectron2's trainer and hooks."""
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = _ddp(model, cfg)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    main_process = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
+            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            if main_process
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    # The checkpoint holds the iteration that had just finished.
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    if start_iter > 0 and main_process:
+        kept = truncate_metrics(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter)
+        logger.info("Resuming at iteration %d; kept %d lines of metrics.json", start_iter, kept)
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer
+
+
+def main(args):
+    """Train, or with ``--eval-only`` evaluate ``train.init_checkpoint``; returns the metrics (eval only)."""
+    cfg = load_config(args)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = _ddp(model, cfg)
+        AtomicCheckpointer(model).load(cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(args, cfg)
+    return None
+
+
+def cli(prog: str = "python -m libra_rcnn.lazy_train", argv=None) -> None:
+    """Parse Detectron2's command line, check the config, then ``launch`` :func:`main` on every process.
+
+    A failed check (:func:`load_config`, :func:`check_config`) prints one line,
+    ``prog: error: ...``, and exits with status 2.
+    """
+    args = default_argument_parser().parse_args(argv)
+    try:
+        check_config(load_config(args), args)
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
