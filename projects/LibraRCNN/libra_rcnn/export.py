@@ -57,11 +57,12 @@ def traceable_model(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
         image: float32 (3, H, W) tensor, as a ``DatasetMapper`` gives it at test time.
 
     Returns:
-        The adapter: ``adapter(image)`` returns a tuple of tensors (for one image the boxes
-        (N, 4) float32 XYXY in pixels, scores (N,) float32 and classes (N,) int64, in the
-        order ``adapter.outputs_schema`` records); ``adapter.outputs_schema(outputs)``
-        rebuilds ``[{"instances": Instances}]`` from them, and ``adapter.inference_func(model,
-        [{"image": image}])`` is the eager model's result in the same form.
+        The adapter: ``adapter(image)`` returns the fields of the image's ``Instances`` as a
+        tuple of tensors, in the order of their names: ``pred_boxes`` (N, 4) float32 XYXY in
+        pixels, ``pred_classes`` (N,) int64, ``scores`` (N,) float32. After a call (or a
+        trace), ``adapter.outputs_schema(outputs)`` rebuilds ``[{"instances": Instances}]``
+        from them; ``adapter.inference_func(model, [{"image": image}])`` is the eager
+        model's result in that form.
     """
     inference = _rcnn_inference if isinstance(model, GeneralizedRCNN) else None
     # eval(): the adapter is a new module in training mode, and torch.onnx.export sets every
@@ -74,8 +75,9 @@ def export_model(adapter: TracingAdapter, image: torch.Tensor, fmt: str, output_
 
     TorchScript: ``torch.jit.trace``, plus Detectron2's ``dump_torchscript_IR`` files. ONNX:
     ``torch.onnx.export`` with the TorchScript-based exporter (``dynamo=False``), opset
-    :data:`ONNX_OPSET`, input ``image`` with dynamic height and width, outputs ``output_<i>``
-    with a dynamic number of detections.
+    :data:`ONNX_OPSET`, input ``image`` with dynamic height and width, outputs ``output_0``,
+    ``output_1``, ... (the tensors of :func:`traceable_model`) with a dynamic number of
+    detections.
 
     Returns:
         The path of the file written.
