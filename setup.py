@@ -13,4 +13,6 @@ setup(
     packages=find_packages("projects/LibraRCNN", include=["libra_rcnn", "libra_rcnn.*"]),
     python_requires=">=3.8",
     install_requires=["torch", "torchvision", "fvcore", "iopath", "pycocotools", "numpy", "Pillow", "matplotlib"],
+    # python -m libra_rcnn.export --format onnx, and the export tests (ONNX Runtime).
+    extras_require={"export": ["onnx", "onnxruntime"]},
 )

@@ -213,3 +213,81 @@ def test_interpolation_helpers_agree_with_torch():
     a = torch.randn(1, 2, 8, 8, dtype=torch.float64)
     np.testing.assert_allclose(F.adaptive_max_pool2d(a, 4).numpy(), block_max(a.numpy(), 2))
     np.testing.assert_allclose(F.interpolate(a, size=(16, 16), mode="nearest").numpy(), repeat(a.numpy(), 2))
+
+
+
+def test_symbolic_rescaling_equals_pytorch_kernels():
+    # The gathers that tracing and ONNX export record equal adaptive_max_pool2d and nearest
+    # interpolation exactly, for sizes that divide and sizes that do not.
+    from libra_rcnn.bfp import _adaptive_max_pool_symbolic, _upsample_nearest_symbolic
+
+    g = torch.Generator().manual_seed(0)
+    float_rounding_cases = 0
+    for large in range(1, 40):
+        for small in range(1, large + 1):
+            x = torch.randn(1, 2, large, 3, generator=g)
+            pooled = _adaptive_max_pool_symbolic(x, (small, 2))
+            assert torch.equal(pooled, F.adaptive_max_pool2d(x, (small, 2))), (large, small)
+            y = torch.randn(1, 2, small, 3, generator=g)
+            upsampled = _upsample_nearest_symbolic(y, (large, 7))
+            assert torch.equal(upsampled, F.interpolate(y, size=(large, 7), mode="nearest")), (large, small)
+            integer_floor = y.index_select(2, torch.arange(large) * small // large)
+            float_rounding_cases += not torch.equal(upsampled[..., :3], integer_floor)
+    # PyTorch's nearest index is floor(i * float32(in / out)), not always i * in // out.
+    assert float_rounding_cases > 0
+
+
+class PooledPyramid(Backbone):
+    """A stand-in FPN computed from the input: P2-P6 by average pooling of stride 4-64, rounding
+    up as FPN levels do (P6 of a 56 x 88 input is 1 x 2, not a divisor of P4's 4 x 6)."""
+
+    def __init__(self, channels=3):
+        super().__init__()
+        self.strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+        self.mix = torch.nn.Conv2d(3, channels, 1)
+        self._out_features = list(self.strides)
+
+    def forward(self, x):
+        x = self.mix(x)
+        return {k: F.avg_pool2d(x, s, s, ceil_mode=True) for k, s in self.strides.items()}
+
+    def output_shape(self):
+        return {k: ShapeSpec(channels=self.mix.out_channels, stride=s) for k, s in self.strides.items()}
+
+
+class LevelsAsTuple(torch.nn.Module):
+    def __init__(self, bfp):
+        super().__init__()
+        self.bfp = bfp
+
+    def forward(self, x):
+        return tuple(self.bfp(x).values())
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("refine_type", ["conv", "non_local"])
+def test_traced_and_onnx_bfp_run_at_other_sizes(refine_type, tmp_path):
+    # The eager fast paths would bake the traced size's kernels into the graph; the recorded
+    # graph must give the eager outputs at sizes whose level ratios differ from the traced one.
+    import onnxruntime
+
+    bfp = BalancedFeaturePyramid(PooledPyramid(), refine_level=2, refine_type=refine_type).eval()
+    if refine_type == "non_local":
+        torch.nn.init.normal_(bfp.refine.out.weight, std=0.1)  # zero at init: the block would be the identity
+    model = LevelsAsTuple(bfp).eval()
+    traced_input = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (traced_input,))
+        torch.onnx.export(
+            model, (traced_input,), str(tmp_path / "bfp.onnx"), input_names=["x"],
+            dynamic_axes={"x": {2: "h", 3: "w"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    session = onnxruntime.InferenceSession(str(tmp_path / "bfp.onnx"), providers=["CPUExecutionProvider"])
+    for hw in [(64, 64), (56, 88), (100, 36)]:
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            eager = model(x)
+            for got in (traced(x), session.run(None, {"x": x.numpy()})):
+                assert len(got) == len(eager) == 5
+                for e, o in zip(eager, got):
+                    torch.testing.assert_close(torch.as_tensor(o), e, rtol=0, atol=1e-5)

@@ -23,13 +23,81 @@ def _integer_ratio(large: Sequence[int], small: Sequence[int]) -> Optional[Tuple
     return None
 
 
+def _recording() -> bool:
+    """True while ``torch.jit.trace`` or ``torch.onnx.export`` records the model.
+
+    The graph recorded then must hold for every input size, so the BFP rescales with
+    :func:`_adaptive_max_pool_symbolic` and :func:`_upsample_nearest_symbolic`, whose
+    shapes stay symbolic, instead of the eager fast paths, which choose a kernel by the
+    sizes of the recorded input.
+    """
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _size(s, device: torch.device) -> torch.Tensor:
+    """A size as a 0-dim int64 tensor: traced sizes are tensors already, eager ones ints."""
+    return s.to(device) if isinstance(s, torch.Tensor) else torch.tensor(s, device=device)
+
+
+def _pooling_windows(in_size, out_size, device: torch.device) -> torch.Tensor:
+    """(out_size, K) int64 indices of adaptive pooling's windows along one axis.
+
+    Window i covers ``[floor(i * in / out), ceil((i + 1) * in / out))``, PyTorch's adaptive
+    pooling windows; K is the longest window, and shorter windows repeat their last index
+    (which leaves their maximum unchanged).
+    """
+    n, m = _size(in_size, device), _size(out_size, device)
+    i = torch.arange(m, device=device)
+    start = i * n // m
+    end = ((i + 1) * n + m - 1) // m
+    k = torch.arange((end - start).max(), device=device)
+    return torch.minimum(start[:, None] + k, end[:, None] - 1)
+
+
+def _adaptive_max_pool_symbolic(x: torch.Tensor, size: Sequence) -> torch.Tensor:
+    """``F.adaptive_max_pool2d(x, size)`` for (B, C, H, W) x, by gathers and max reductions.
+
+    The same values as PyTorch's kernel, from ops that trace and export to ONNX with
+    symbolic H, W and ``size`` (ONNX has no adaptive pooling, and the exporter's stand-in
+    needs static sizes that divide).
+    """
+    rows = _pooling_windows(x.shape[-2], size[0], x.device)  # (h, Kh)
+    cols = _pooling_windows(x.shape[-1], size[1], x.device)  # (w, Kw)
+    x = x[:, :, rows].amax(dim=3)  # (B, C, h, W)
+    return x[:, :, :, cols].amax(dim=4)  # (B, C, h, w)
+
+
+def _nearest_indices(in_size, out_size, device: torch.device) -> torch.Tensor:
+    """(out_size,) int64 source index of each output of nearest upsampling along one axis.
+
+    ``min(floor(i * (in / out)), in - 1)`` in float32, as PyTorch's ``nearest`` kernel
+    computes it (the float32 scale rounds, so this is not always ``i * in // out``).
+    """
+    n, m = _size(in_size, device), _size(out_size, device)
+    scale = n.float() / m.float()
+    i = torch.arange(m, device=device).float()
+    return torch.minimum((i * scale).floor().long(), n - 1)
+
+
+def _upsample_nearest_symbolic(y: torch.Tensor, size: Sequence) -> torch.Tensor:
+    """``F.interpolate(y, size, mode="nearest")`` for (B, C, h, w) y, by index gathers.
+
+    The same values, from ops that trace and export to ONNX with symbolic sizes.
+    """
+    y = y.index_select(2, _nearest_indices(y.shape[-2], size[0], y.device))
+    return y.index_select(3, _nearest_indices(y.shape[-1], size[1], y.device))
+
+
 def _max_pool_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Adaptive max pooling of (B, C, H, W) to ``size`` (step 1 and 4 of METHODS.md §3).
 
     Where H and W are whole multiples of ``size`` (FPN levels of an input padded to the
     backbone's size divisibility), adaptive pooling is a plain k x k max pooling of stride k:
-    the same windows, values and gradients, by a faster kernel.
+    the same windows, values and gradients, by a faster kernel. While tracing or exporting,
+    :func:`_adaptive_max_pool_symbolic` (same values, any size).
     """
+    if _recording():
+        return _adaptive_max_pool_symbolic(x, size)
     k = _integer_ratio(x.shape[-2:], size)
     if k is None:
         return F.adaptive_max_pool2d(x, tuple(size))
@@ -40,8 +108,11 @@ def _add_upsampled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``x + nearest_upsample(y, size of x)`` for (B, C, H, W) x and (B, C, h, w) y.
 
     Where H, W are whole multiples of h, w, y is broadcast over k x k blocks of x instead of
-    being upsampled first: the same values, without the upsampled copy of y.
+    being upsampled first: the same values, without the upsampled copy of y. While tracing
+    or exporting, :func:`_upsample_nearest_symbolic` (same values, any size).
     """
+    if _recording():
+        return x + _upsample_nearest_symbolic(y, x.shape[-2:])
     k = _integer_ratio(x.shape[-2:], y.shape[-2:])
     if k is None:
         return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
