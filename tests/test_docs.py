@@ -11,8 +11,6 @@ from conftest import REPO
 
 PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "projects" / "LibraRCNN" / "README.md",
          *sorted((REPO / "docs").glob("*.md"))]  # fmt: skip
-# Written on the export branch (issue 13); drop once it is merged.
-NOT_YET_HERE = {REPO / "docs" / "export.md"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -38,8 +36,6 @@ def test_relative_links_and_anchors_resolve(page):
             continue
         path, _, anchor = target.partition("#")
         linked = (page.parent / path).resolve() if path else page
-        if linked in NOT_YET_HERE:
-            continue
         assert linked.exists(), f"{page.relative_to(REPO)}: link to {target} does not resolve"
         if anchor:
             where = f"{page.relative_to(REPO)}: no heading for #{anchor} in {path or page.name}"
