@@ -65,6 +65,8 @@ def test_settings_compare_only_keys_both_sides_have():
     current = {"SOLVER.BASE_LR": 0.01, "MODEL.LIBRA.BFP.REFINE_TYPE": "non_local", "MODEL.LIBRA.NEW.KEY": 2}
     assert _changed_settings(stored, current) == ["SOLVER.BASE_LR"]
     assert _changed_settings(stored, stored) == []
+    moved = {"OUTPUT_DIR": "/elsewhere/run", "SOLVER.BASE_LR": 0.02}
+    assert _changed_settings({"OUTPUT_DIR": "out/run", "SOLVER.BASE_LR": 0.02}, moved) == []
 
 
 def test_a_different_schedule_is_refused_before_training(tiny_scenes, tmp_path):

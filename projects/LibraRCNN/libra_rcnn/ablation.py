@@ -88,8 +88,10 @@ def config_settings(cfg: CfgNode, prefix: str = "") -> Dict[str, object]:
 
 def _changed_settings(stored: Dict[str, object], current: Dict[str, object]) -> List[str]:
     """Keys whose value differs between a finished run and the config now. Keys that only one
-    side has (added or removed by a newer version of the project) do not count."""
-    return sorted(k for k in stored.keys() & current.keys() if stored[k] != current[k])
+    side has (added or removed by a newer version of the project) do not count, nor does
+    ``OUTPUT_DIR``: a folder of finished runs may be moved or reached by another path."""
+    shared = (stored.keys() & current.keys()) - {"OUTPUT_DIR"}
+    return sorted(k for k in shared if stored[k] != current[k])
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
