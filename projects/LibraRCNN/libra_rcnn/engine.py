@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import weakref
+from typing import Callable
 
 import torch
 
@@ -285,24 +286,31 @@ def _main_or_exit(args, prog: str):
         sys.exit(2)
 
 
-def run(args, prog: str = "train_net.py") -> None:
-    """Check the inputs, then ``launch`` :func:`main` on every process.
+def launch_checked(check: Callable[[], None], main_func: Callable, args, prog: str, main_args: tuple) -> None:
+    """Run ``check()``, then Detectron2's ``launch`` of ``main_func(*main_args)`` on every process
+    (``args.num_gpus``, ``num_machines``, ``machine_rank``, ``dist_url``).
 
-    A failed check prints one line, ``prog: error: ...``, and exits with status 2.
+    A check that raises :class:`InputError` prints one line, ``prog: error: ...``, and exits with
+    status 2 before any process starts.
     """
     try:
-        check_inputs(build_config(args), args)
+        check()
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     launch(
-        _main_or_exit,
+        main_func,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args, prog),
+        args=main_args,
     )
+
+
+def run(args, prog: str = "train_net.py") -> None:
+    """Check the inputs, then ``launch`` :func:`main` on every process (:func:`launch_checked`)."""
+    launch_checked(lambda: check_inputs(build_config(args), args), _main_or_exit, args, prog, (args, prog))
 
 
 def cli(prog: str = "python -m libra_rcnn.engine", argv=None) -> None:

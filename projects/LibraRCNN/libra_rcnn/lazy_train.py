@@ -14,7 +14,6 @@ iteration once, and ``--num-gpus N`` also runs N processes on a CPU-only machine
 """
 import logging
 import os
-import sys
 
 import torch
 
@@ -27,13 +26,12 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .checkpoint import AtomicCheckpointer
-from .engine import InputError, truncate_metrics
+from .engine import InputError, launch_checked, truncate_metrics
 
 __all__ = ["load_config", "check_config", "do_test", "do_train", "main", "cli"]
 
@@ -161,19 +159,7 @@ def cli(prog: str = "python -m libra_rcnn.lazy_train", argv=None) -> None:
     ``prog: error: ...``, and exits with status 2.
     """
     args = default_argument_parser().parse_args(argv)
-    try:
-        check_config(load_config(args), args)
-    except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_checked(lambda: check_config(load_config(args), args), main, args, prog, (args,))
 
 
 if __name__ == "__main__":
