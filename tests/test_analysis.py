@@ -13,12 +13,13 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from libra_rcnn import BalancedL1Options, balanced_l1_loss
-from libra_rcnn.analysis import balanced_l1_curves, iou_histograms, training_stats
+from libra_rcnn.analysis import balanced_l1_curves, inlier_gradients, iou_histograms, training_stats
 from libra_rcnn.engine import Trainer
 from libra_rcnn.imbalance import (
     NEG_IOU_BIN_NAMES,
     balanced_l1_grad,
     box_reg_loss_and_grad,
+    fixed_rule_gradient_shares,
     inlier_gradient_sums,
     negative_iou_counts,
 )
@@ -66,6 +67,27 @@ def test_gradient_sums_balanced_l1_by_hand():
     inlier_grad = 0.5 * math.log(0.5 * B + 1)
     sums = inlier_gradient_sums(loss, grad, torch.ones(2))
     torch.testing.assert_close(sums, torch.tensor([inlier_grad, inlier_grad + 1.5, 1.0, 2.0], dtype=torch.float64))
+
+
+def test_fixed_rule_shares_by_hand():
+    # One rule, smooth L1 (beta 1) loss < 1: row 0 (|x| = 0.5, loss 0.125) and row 2 (|x| = 1.2,
+    # loss 0.7) are inliers, row 1 (|x| = 2, loss 1.5) is not. Gradients: smooth L1 0.5, 1, 1;
+    # balanced L1 0.5 ln(0.5 b + 1), 1.5, 1.5. By balanced L1's own loss (0.40, 2.58, 1.38)
+    # only row 0 is an inlier.
+    residual = torch.tensor([[0.5, 0, 0, 0], [0, -2.0, 0, 0], [0, 0, 1.2, 0]], dtype=torch.float64)
+    g = 0.5 * math.log(0.5 * B + 1)
+    shares = fixed_rule_gradient_shares(residual)
+    assert shares["rois"] == 3 and shares["inlier_share"] == pytest.approx(2 / 3)
+    assert shares["smooth_l1_grad_share"] == pytest.approx(1.5 / 2.5)
+    assert shares["balanced_l1_grad_share"] == pytest.approx((g + 1.5) / (g + 3.0))
+    assert shares["balanced_l1_own_inlier_share"] == pytest.approx(1 / 3)
+    assert shares["balanced_l1_own_grad_share"] == pytest.approx(g / (g + 3.0))
+    empty = fixed_rule_gradient_shares(torch.zeros(0, 4))
+    assert empty["rois"] == 0 and all(math.isnan(v) for k, v in empty.items() if k != "rois")
+    with pytest.raises(ValueError, match="R, 4"):
+        fixed_rule_gradient_shares(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="smooth_l1_beta"):
+        fixed_rule_gradient_shares(residual, smooth_l1_beta=0.0)
 
 
 @pytest.mark.parametrize("variant,beta", [("paper", 1.0), ("paper", 0.11), ("mmdet", 0.11), ("mmdet", 0.5)])
@@ -323,3 +345,31 @@ def test_fig5_curves_cross_the_inlier_boundary_where_expected(tmp_path, capsys):
     assert "balanced L1 (alpha 0.5" in capsys.readouterr().out
     assert balanced_l1_curves.main(["--out", str(png), "MODEL.LIBRA.BALANCED_L1.GAMMA", "0"]) == 2
     assert "MODEL.LIBRA.BALANCED_L1.GAMMA" in capsys.readouterr().err
+
+
+def test_inlier_gradients_command_on_a_run_folder(short_run, tiny_scenes, tmp_path, capsys):
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    out, _ = short_run
+    cfg = load_cfg(CONFIG, [*TINY, "MODEL.WEIGHTS", str(out / "model_final.pth")])
+    (out / "config.yaml").write_text(cfg.dump())
+    result = tmp_path / "shares.json"
+    argv = ["--runs", str(out), "--labels", "tiny", "--max-images", "3", "--seed", "1", "--out", str(result)]
+    assert inlier_gradients.main(argv) == 0
+    assert "tiny: " in capsys.readouterr().out
+    (row,) = json.loads(result.read_text())
+    assert row["split"] == "tiny_scenes_train" and row["images"] == 3 and row["rois"] > 0
+    # The command's figures are those of the residuals the model samples, same seed same RoIs.
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    residual = inlier_gradients.foreground_residuals(model, cfg, DatasetCatalog.get("tiny_scenes_train")[:3], seed=1)
+    assert residual.shape == (row["rois"], 4)
+    assert row == {**row, **fixed_rule_gradient_shares(residual)}
+    # The predictor's losses are its own again afterwards.
+    assert "losses" not in vars(model.roi_heads.box_predictor)
+
+
+def test_inlier_gradients_command_refuses_bad_folders(tmp_path, capsys):
+    assert inlier_gradients.main(["--runs", str(tmp_path)]) == 2
+    assert "config.yaml not found" in capsys.readouterr().err

@@ -82,14 +82,29 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         return losses
 
     @torch.no_grad()
-    def _put_grad_shares(self, storage, pred_deltas, proposals) -> None:
+    def box_residuals(self, pred_deltas, proposals):
+        """Box-delta residuals of the sampled RoIs, as the box regression loss sees them.
+
+        Args:
+            pred_deltas: float (R, 4) or (R, num_classes * 4), the second output of
+                :meth:`forward` on the R RoIs of ``proposals``.
+            proposals: list of ``Instances`` with ``proposal_boxes``, ``gt_classes`` and (for
+                images with GT boxes) ``gt_boxes``, as the RoI heads sampled them in training.
+
+        Returns:
+            (foreground, residual): bool (R,), the RoIs of a GT class; float32 (R, 4),
+            x = predicted - GT box deltas (``Box2BoxTransform`` units) of each RoI's GT class
+            (meaningless for background RoIs).
+        """
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0)
         foreground, pred_deltas, gt_deltas = self._foreground_deltas(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
-        loss, grad = box_reg_loss_and_grad(
-            pred_deltas.float() - gt_deltas.float(), self.box_reg_loss_type, self.smooth_l1_beta, self.balanced_l1
-        )
+        return foreground, pred_deltas.float() - gt_deltas.float()
+
+    def _put_grad_shares(self, storage, pred_deltas, proposals) -> None:
+        foreground, residual = self.box_residuals(pred_deltas, proposals)
+        loss, grad = box_reg_loss_and_grad(residual, self.box_reg_loss_type, self.smooth_l1_beta, self.balanced_l1)
         inlier_grad, total_grad, inliers, samples = inlier_gradient_sums(loss, grad, foreground).tolist()  # one sync
         if samples > 0:
             storage.put_scalar("box_reg/inlier_grad_share", inlier_grad / max(total_grad, 1e-12), smoothing_hint=False)

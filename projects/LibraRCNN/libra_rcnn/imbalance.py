@@ -8,7 +8,8 @@ functions compute on a batch, as tensors on the inputs' device (no host-device s
   negatives lie at IoU >= 0.05 (:func:`negative_iou_counts`, :data:`HARD_NEGATIVE_IOU`);
 - objective level: which share of the box-regression gradient comes from inliers, the
   samples whose loss is below 1, against outliers; with smooth L1 inliers give about 30 %
-  (:func:`box_reg_loss_and_grad`, :func:`inlier_gradient_sums`).
+  (:func:`box_reg_loss_and_grad`, :func:`inlier_gradient_sums`); and, to compare two
+  losses on the same residuals with one inlier rule, :func:`fixed_rule_gradient_shares`.
 
 ``LibraROIHeads`` and ``LibraFastRCNNOutputLayers`` log them during training, and the
 commands in :mod:`libra_rcnn.analysis` draw them.
@@ -32,6 +33,7 @@ __all__ = [
     "balanced_l1_grad",
     "box_reg_loss_and_grad",
     "inlier_gradient_sums",
+    "fixed_rule_gradient_shares",
 ]
 
 # Lower ends of the IoU bins of the sampled negatives; the last bin is open upwards (it ends at
@@ -148,3 +150,59 @@ def inlier_gradient_sums(loss: torch.Tensor, grad: torch.Tensor, weight: torch.T
     inlier = (loss.sum(dim=1) < INLIER_LOSS).to(grad.dtype) * weight
     sample_grad = grad.sum(dim=1)
     return torch.stack([(inlier * sample_grad).sum(), (weight * sample_grad).sum(), inlier.sum(), weight.sum()])
+
+
+def fixed_rule_gradient_shares(
+    residual: torch.Tensor,
+    smooth_l1_beta: float = 1.0,
+    balanced_l1: BalancedL1Options = BalancedL1Options(),
+) -> dict:
+    """Inliers' gradient share of smooth L1 and balanced L1 on the same RoIs, one inlier rule.
+
+    :func:`inlier_gradient_sums` counts as inliers the RoIs whose *own* loss is below 1, so two
+    runs with different losses draw the line in different places (smooth L1 at beta 1 reaches
+    1 at |x| = 1.5 on one coordinate, balanced L1 at 0.95). Here the inliers are fixed by the
+    paper's baseline loss (Libra R-CNN §3.3, METHODS.md §1: smooth L1 at ``smooth_l1_beta``,
+    summed over the 4 deltas, below 1), and both losses' gradients |dL/dx| (Fig. 5) are
+    evaluated on the same residuals: the share the inliers would get under each loss.
+
+    Args:
+        residual: float (R, 4), x = predicted - GT box deltas of R foreground RoIs (e.g.
+            ``LibraFastRCNNOutputLayers.box_residuals``).
+        smooth_l1_beta: beta of the baseline smooth L1 (1.0, the paper's RoI head); > 0.
+        balanced_l1: the balanced L1 parameters (``MODEL.LIBRA.BALANCED_L1``).
+
+    Returns:
+        dict of Python floats (NaN for R = 0): ``rois`` (R), ``inlier_share`` (share of the RoIs
+        that are inliers by the fixed rule), ``smooth_l1_grad_share`` and
+        ``balanced_l1_grad_share`` (the inliers' share of each loss's gradient), and
+        ``balanced_l1_own_inlier_share`` / ``balanced_l1_own_grad_share`` (the same with
+        balanced L1's own loss < 1 as the rule, what training logs).
+
+    Raises:
+        ValueError: for ``residual`` not of shape (R, 4) or ``smooth_l1_beta`` <= 0.
+    """
+    if residual.dim() != 2 or residual.shape[1] != 4:
+        raise ValueError(f"residual must be (R, 4) box-delta residuals, got shape {tuple(residual.shape)}")
+    if not smooth_l1_beta > 0:
+        raise ValueError(f"smooth_l1_beta = {smooth_l1_beta} must be > 0 (the inlier rule needs smooth L1, not L1)")
+    weight = torch.ones(residual.shape[0], dtype=residual.dtype, device=residual.device)
+    rule_loss, smooth_grad = box_reg_loss_and_grad(residual, "smooth_l1", smooth_l1_beta)
+    own_loss, balanced_grad = box_reg_loss_and_grad(residual, "balanced_l1", balanced_l1=balanced_l1)
+    sums = torch.stack(
+        [
+            inlier_gradient_sums(rule_loss, smooth_grad, weight),
+            inlier_gradient_sums(rule_loss, balanced_grad, weight),
+            inlier_gradient_sums(own_loss, balanced_grad, weight),
+        ]
+    ).double().cpu()
+    share = (sums[:, 0] / sums[:, 1]).tolist()
+    rois = float(residual.shape[0])
+    return {
+        "rois": rois,
+        "inlier_share": float(sums[0, 2] / rois) if rois else float("nan"),
+        "smooth_l1_grad_share": share[0],
+        "balanced_l1_grad_share": share[1],
+        "balanced_l1_own_inlier_share": float(sums[2, 2] / rois) if rois else float("nan"),
+        "balanced_l1_own_grad_share": share[2],
+    }

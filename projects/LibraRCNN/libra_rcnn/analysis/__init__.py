@@ -6,6 +6,8 @@
   balanced L1 loss against smooth L1;
 - ``python -m libra_rcnn.analysis.training_stats``: the sampling statistics and gradient
   shares that training wrote to ``metrics.json``, over the iterations of one or more runs.
+- ``python -m libra_rcnn.analysis.inlier_gradients``: Fig. 5 on trained models, the inliers'
+  share of the box gradient under smooth L1 and balanced L1 on the same RoIs, one inlier rule.
 
 The statistics themselves are computed by :mod:`libra_rcnn.imbalance`.
 """
