@@ -111,15 +111,20 @@ def test_summary_table_gives_mean_and_sample_std(tmp_path):
         figures = dict(AP=ap, AP50=ap + 20, AP75=ap + 5, APs=ap, APm=ap, APl=ap)
         return dict(figures, name=name, seed=seed, device="cpu", s_per_iter=0.5, peak_memory_mib=1000, s_per_image=0.1)
 
-    results = [run("base", 7, 30.0), run("base", 8, 32.0), run("libra", 7, 33.0), run("libra", 8, 34.0)]
+    results = [run("base", 7, 30.0), run("base", 8, 32.0), run("libra", 7, 33.0), run("libra", 8, 34.0),
+               run("more", 7, 35.0), run("more", 8, 36.0)]  # fmt: skip
     summary = summarize(results)
-    assert [row["name"] for row in summary] == ["base", "libra"]
+    assert [row["name"] for row in summary] == ["base", "libra", "more"]
     assert summary[0]["AP"] == {"mean": 31.0, "std": pytest.approx(2**0.5)}  # sample std of 30, 32
     assert summary[1]["delta_AP"]["mean"] == 2.5 and summary[1]["delta_AP"]["std"] == pytest.approx(0.5 * 2**0.5)
+    # Step to the row above: +2 at both seeds (std 0), beyond noise; to the first row +4.5 ± 0.7.
+    assert summary[2]["step_AP"]["mean"] == 2.0 and summary[2]["step_AP"]["std"] == 0.0
+    assert summary[2]["step_AP"]["beyond_noise"] is True and summary[1]["step_AP"] == summary[1]["delta_AP"]
     text = write_table(summary, str(tmp_path / "t.md"))
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| base") or line.startswith("| libra")]
-    assert rows[0][1:5] == ["7, 8", "31.0 ± 1.4", "+0.0 ± 0.0", "—"]
-    assert rows[1][1:6] == ["7, 8", "33.5 ± 0.7", "+2.5 ± 0.7", "no", "53.5 ± 0.7"]
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| base", "| libra", "| more"))]
+    assert rows[0][1:7] == ["7, 8", "31.0 ± 1.4", "+0.0 ± 0.0", "—", "+0.0 ± 0.0", "—"]
+    assert rows[1][1:8] == ["7, 8", "33.5 ± 0.7", "+2.5 ± 0.7", "no", "+2.5 ± 0.7", "no", "53.5 ± 0.7"]
+    assert rows[2][1:8] == ["7, 8", "35.5 ± 0.7", "+4.5 ± 0.7", "no", "+2.0 ± 0.0", "yes", "55.5 ± 0.7"]
 
 
 def run_ablation(*argv, datasets_root):

@@ -13,7 +13,9 @@ the same for all of them. A finished run leaves ``result.json`` in its folder an
 trained again; a stopped one resumes from its last checkpoint, so several tables can share the
 runs of one ``--out``. The table (``OUT/<table>.md``), its figures per seed
 (``OUT/<table>.json``) and the chart (``OUT/<table>.png``; ``--table``, default ``ablation``)
-cover every config given, in the order given; the first one is the reference of ``ΔAP``.
+cover every config given, in the order given; the first one is the reference of ``ΔAP``, and
+each row is also compared with the row before it (``step``: what a component added on top of
+the previous row buys, as Table 2 adds them).
 
 Per run: box AP, AP50, AP75, APs, APm, APl of the final evaluation (Detectron2's
 ``COCOEvaluator``, in %), seconds per training iteration (median of Detectron2's ``time``
@@ -24,7 +26,8 @@ the table gives the mean and the sample standard deviation (n - 1 in the denomin
 the seeds; ``ΔAP`` is the mean of the per-seed differences to the first config at the same
 seed (paired: a seed sets the data order and the initialisation), with their sample standard
 deviation, and "beyond noise" says whether a two-sided paired t-test rejects a zero mean
-difference at the 5 % level (:func:`paired_difference`).
+difference at the 5 % level (:func:`paired_difference`). The step to the previous row is
+paired and tested the same way.
 """
 import argparse
 import json
@@ -279,8 +282,9 @@ def summarize(results: Sequence[dict]) -> List[dict]:
 
     Returns:
         list of ``{"name", "device", "seeds", "per_seed": {metric: {seed: value}},
-        <metric>: {"mean", "std"} for every metric and timing, "delta_AP": paired_difference(...)}``;
-        ``delta_AP`` compares with the first config.
+        <metric>: {"mean", "std"} for every metric and timing, "delta_AP": paired_difference(...),
+        "step_AP": paired_difference(...)}``; ``delta_AP`` compares with the first config,
+        ``step_AP`` with the config before (for the first, with itself).
     """
     keys = METRICS + ("s_per_iter", "peak_memory_mib", "s_per_image")
     rows: Dict[str, dict] = {}
@@ -289,11 +293,12 @@ def summarize(results: Sequence[dict]) -> List[dict]:
         for k in keys:
             row["per_seed"][k][int(r["seed"])] = r[k]
     summary = list(rows.values())
-    for row in summary:
+    for k, row in enumerate(summary):
         row["seeds"] = sorted(row["per_seed"]["AP"])
-        for k in keys:
-            row[k] = _mean_std(row["per_seed"][k].values())
+        for key in keys:
+            row[key] = _mean_std(row["per_seed"][key].values())
         row["delta_AP"] = paired_difference(row["per_seed"]["AP"], summary[0]["per_seed"]["AP"])
+        row["step_AP"] = paired_difference(row["per_seed"]["AP"], summary[max(k - 1, 0)]["per_seed"]["AP"])
     return summary
 
 
@@ -307,14 +312,15 @@ def write_table(summary: Sequence[dict], path: str, header: str = "") -> str:
     alone for one seed). Returns the text it wrote to ``path``."""
     lines = [header] if header else []
     lines += [
-        "| config | seeds | AP | ΔAP (paired) | beyond noise | AP50 | AP75 | APs | APm | APl "
-        "| s/iter | peak memory (MiB) | s/image (inference) | device |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | seeds | AP | ΔAP (paired) | beyond noise | step (paired) | beyond noise | AP50 | AP75 | APs "
+        "| APm | APl | s/iter | peak memory (MiB) | s/image (inference) | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k, row in enumerate(summary):
-        beyond = row["delta_AP"]["beyond_noise"]
         cells = [row["name"], ", ".join(map(str, row["seeds"])), _cell(row["AP"], ".1f")]
-        cells += [_cell(row["delta_AP"], ".1f", "+"), "—" if k == 0 or beyond is None else ("yes" if beyond else "no")]
+        for key in ("delta_AP", "step_AP"):
+            beyond = row[key]["beyond_noise"]
+            cells += [_cell(row[key], ".1f", "+"), "—" if k == 0 or beyond is None else ("yes" if beyond else "no")]
         cells += [_cell(row[m], ".1f") for m in METRICS[1:]]
         cells += [f"{row['s_per_iter']['mean']:.3f}", f"{row['peak_memory_mib']['mean']:.0f}"]
         cells += [f"{row['s_per_image']['mean']:.3f}", row["device"]]
@@ -409,7 +415,8 @@ def main(argv=None) -> List[dict]:
     header = (
         f"Schedule: {schedule}. Hardware: {hardware()}.\nCommand: `{command}`\n\n"
         "Mean ± sample standard deviation (n - 1) over the seeds; ΔAP: mean ± sample std of the per-seed "
-        "differences to the first row; beyond noise: a two-sided paired t-test at 5 % rejects ΔAP = 0.\n"
+        "differences to the first row; step: the same to the row above; beyond noise: a two-sided paired t-test "
+        "at 5 % rejects a zero difference.\n"
     )
     table = write_table(summary, os.path.join(args.out, args.table + ".md"), header)
     _write_json(os.path.join(args.out, args.table + ".json"), {"command": command, "schedule": schedule, "rows": summary})
