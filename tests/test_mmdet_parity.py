@@ -367,6 +367,61 @@ def test_detectron2s_relu_before_p7_would_change_the_features(pairs, image, capl
         assert rel > 100 * RTOL  # the BFP spreads P7's difference to every level
 
 
+class _Levels(torch.nn.Module):
+    """A stand-in FPN for the BFP: returns the given levels p2-p5 (strides 4-32)."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = levels
+        self._out_features = list(levels)
+
+    def forward(self, x):
+        return dict(self.levels)
+
+    def output_shape(self):
+        from detectron2.layers import ShapeSpec
+
+        return {k: ShapeSpec(channels=v.shape[1], stride=4 * 2**i) for i, (k, v) in enumerate(self.levels.items())}
+
+
+@pytest.mark.parametrize("refine", ["none", "conv", "non_local"])
+def test_bfp_module_equals_mmdetections_in_float64(mmdet_env, refine):
+    # mmdetection's BFP neck (the reference's ConvModule conv + ReLU for "conv", its NonLocal2d
+    # for "non_local") and ours, same random weights, same odd-sized levels, float64.
+    from mmdet.models.necks import BFP
+
+    from libra_rcnn import BalancedFeaturePyramid
+
+    g = torch.Generator().manual_seed(11)
+    sizes = [(33, 41), (17, 21), (9, 11), (5, 6)]
+    levels = {f"p{i + 2}": torch.randn(2, 8, h, w, generator=g, dtype=torch.float64) for i, (h, w) in enumerate(sizes)}
+    theirs = BFP(in_channels=8, num_levels=4, refine_level=1, refine_type=None if refine == "none" else refine)
+    theirs = theirs.double().eval()
+    ours = BalancedFeaturePyramid(_Levels(levels), refine_level=1, refine_type=refine).double().eval()
+    names = {".conv_out.conv.": ".out.", ".g.conv.": ".g.", ".theta.conv.": ".theta.", ".phi.conv.": ".phi."}
+    their_state = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) / math.sqrt(v[0].numel())
+                   for k, v in theirs.state_dict().items()}  # fmt: skip
+    theirs.load_state_dict(their_state)
+    state = {}
+    for key, value in their_state.items():
+        for a, b in names.items():
+            key = key.replace(a, b)
+        state[key] = value
+    assert set(state) == set(ours.refine.state_dict(prefix="refine.")) and (refine == "none") == (not state)
+    ours.refine.load_state_dict({k[len("refine.") :]: v for k, v in state.items()})
+    with torch.no_grad():
+        expected = theirs(list(levels.values()))
+        got = ours(torch.zeros(1))
+    for name, t in zip(levels, expected):
+        diff = float((got[name] - t).abs().max())
+        print(f"[parity] BFP refine {refine}, float64, {name}: max|diff| {diff:.3g}")
+        assert diff < 1e-12, (refine, name, diff)
+    if refine == "conv":  # the conv alone, without the reference's ReLU, differs
+        ours.refine = ours.refine.conv
+        with torch.no_grad():
+            assert float((ours(torch.zeros(1))["p3"] - expected[1]).abs().max()) > 0.1
+
+
 @pytest.mark.parametrize(
     "layout,config,overrides",
     [(dict(bfp=True, kind="faster-rcnn", depth=101, groups=64, width_per_group=4, refine="non_local", num_classes=80),
