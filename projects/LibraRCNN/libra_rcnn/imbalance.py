@@ -8,8 +8,9 @@ functions compute on a batch, as tensors on the inputs' device (no host-device s
   negatives lie at IoU >= 0.05 (:func:`negative_iou_counts`, :data:`HARD_NEGATIVE_IOU`);
 - objective level: which share of the box-regression gradient comes from inliers, the
   samples whose loss is below 1, against outliers; with smooth L1 inliers give about 30 %
-  (:func:`box_reg_loss_and_grad`, :func:`inlier_gradient_sums`); and, to compare two
-  losses on the same residuals with one inlier rule, :func:`fixed_rule_gradient_shares`.
+  (:func:`box_reg_loss_and_grad`, :func:`inlier_gradient_sums`); and, off the training
+  path (it returns Python floats), :func:`fixed_rule_gradient_shares` compares two losses on
+  the same residuals with one inlier rule.
 
 ``LibraROIHeads`` and ``LibraFastRCNNOutputLayers`` log them during training, and the
 commands in :mod:`libra_rcnn.analysis` draw them.
