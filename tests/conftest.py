@@ -9,6 +9,8 @@ import torch
 
 import libra_rcnn
 from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
 from detectron2.engine import default_argument_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +42,24 @@ TINY = [
 ]  # fmt: skip
 # The same for a train_net.py subprocess, which registers the split as fashion_scenes_*.
 TINY_CLI = [a.replace("tiny_scenes", "fashion_scenes") for a in TINY]
+
+
+class FixedPyramid(Backbone):
+    """A stand-in FPN: returns given tensors (times a learnable scale, for gradients)."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = levels
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self._out_features = list(levels)
+
+    def forward(self, x):
+        return {k: v * self.scale for k, v in self.levels.items()}
+
+    def output_shape(self):
+        # Names given out of stride order on purpose: the BFP sorts by stride.
+        strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+        return {k: ShapeSpec(channels=v.shape[1], stride=strides[k]) for k, v in reversed(self.levels.items())}
 
 
 REFERENCE_ENV = REPO / ".venv-bench" / "site-packages"

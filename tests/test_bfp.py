@@ -9,25 +9,7 @@ from detectron2.modeling import Backbone, build_backbone
 
 from libra_rcnn import BalancedFeaturePyramid, NonLocalBlock2d
 
-from conftest import load_cfg
-
-
-class FixedPyramid(Backbone):
-    """A stand-in FPN: returns given tensors (times a learnable scale, for gradients)."""
-
-    def __init__(self, levels):
-        super().__init__()
-        self.levels = levels
-        self.scale = torch.nn.Parameter(torch.ones(()))
-        self._out_features = list(levels)
-
-    def forward(self, x):
-        return {k: v * self.scale for k, v in self.levels.items()}
-
-    def output_shape(self):
-        # Names given out of stride order on purpose: the BFP sorts by stride.
-        strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
-        return {k: ShapeSpec(channels=v.shape[1], stride=strides[k]) for k, v in reversed(self.levels.items())}
+from conftest import FixedPyramid, load_cfg
 
 
 def small_levels(seed=0):

@@ -31,7 +31,7 @@ from detectron2.structures import Boxes
 from libra_rcnn import build_fashion_scenes
 from libra_rcnn.convert_mmdet import ConversionError, anchor_order, convert_state_dict, main, suggest_config
 
-from conftest import REFERENCE_ENV, load_cfg, require_reference_env, train_net
+from conftest import REFERENCE_ENV, FixedPyramid, load_cfg, require_reference_env, train_net
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4
@@ -367,23 +367,6 @@ def test_detectron2s_relu_before_p7_would_change_the_features(pairs, image, capl
         assert rel > 100 * RTOL  # the BFP spreads P7's difference to every level
 
 
-class _Levels(torch.nn.Module):
-    """A stand-in FPN for the BFP: returns the given levels p2-p5 (strides 4-32)."""
-
-    def __init__(self, levels):
-        super().__init__()
-        self.levels = levels
-        self._out_features = list(levels)
-
-    def forward(self, x):
-        return dict(self.levels)
-
-    def output_shape(self):
-        from detectron2.layers import ShapeSpec
-
-        return {k: ShapeSpec(channels=v.shape[1], stride=4 * 2**i) for i, (k, v) in enumerate(self.levels.items())}
-
-
 @pytest.mark.parametrize("refine", ["none", "conv", "non_local"])
 def test_bfp_module_equals_mmdetections_in_float64(mmdet_env, refine):
     # mmdetection's BFP neck (the reference's ConvModule conv + ReLU for "conv", its NonLocal2d
@@ -397,7 +380,7 @@ def test_bfp_module_equals_mmdetections_in_float64(mmdet_env, refine):
     levels = {f"p{i + 2}": torch.randn(2, 8, h, w, generator=g, dtype=torch.float64) for i, (h, w) in enumerate(sizes)}
     theirs = BFP(in_channels=8, num_levels=4, refine_level=1, refine_type=None if refine == "none" else refine)
     theirs = theirs.double().eval()
-    ours = BalancedFeaturePyramid(_Levels(levels), refine_level=1, refine_type=refine).double().eval()
+    ours = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=1, refine_type=refine).double().eval()
     names = {".conv_out.conv.": ".out.", ".g.conv.": ".g.", ".theta.conv.": ".theta.", ".phi.conv.": ".phi."}
     their_state = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) / math.sqrt(v[0].numel())
                    for k, v in theirs.state_dict().items()}  # fmt: skip

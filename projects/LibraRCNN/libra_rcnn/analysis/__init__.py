@@ -13,7 +13,7 @@ The statistics themselves are computed by :mod:`libra_rcnn.imbalance`.
 """
 import os
 
-__all__ = ["save_figure"]
+__all__ = ["save_figure", "annotated_loader"]
 
 
 def save_figure(fig, path: str, dpi: int = 110) -> str:
@@ -29,3 +29,14 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def annotated_loader(cfg, dataset_dicts):
+    """Detectron2's test loader over ``dataset_dicts``, one image per batch in order, resized
+    as at test time (``INPUT.MIN/MAX_SIZE_TEST``, no flip) but keeping the annotations as
+    ``instances``, which the analyses need to label proposals as training does."""
+    from detectron2.data import DatasetMapper, build_detection_test_loader
+
+    kwargs = DatasetMapper.from_config(cfg, is_train=False)
+    kwargs["is_train"] = True  # keep the annotations
+    return build_detection_test_loader(dataset=list(dataset_dicts), mapper=DatasetMapper(**kwargs))

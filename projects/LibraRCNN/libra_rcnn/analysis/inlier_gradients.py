@@ -28,13 +28,14 @@ from typing import List, Optional, Sequence
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from ..balanced_l1 import BalancedL1Options
 from ..box_predictor import LibraFastRCNNOutputLayers
 from ..imbalance import fixed_rule_gradient_shares
+from . import annotated_loader
 
 __all__ = ["foreground_residuals", "run_shares", "main"]
 
@@ -71,9 +72,7 @@ def foreground_residuals(model, cfg, dataset_dicts: Sequence[dict], seed: int = 
         found.append(residual[foreground].cpu())
         return losses(predictions, proposals)
 
-    kwargs = DatasetMapper.from_config(cfg, is_train=False)  # test-time resizing, no flip ...
-    kwargs["is_train"] = True  # ... but keep the annotations
-    loader = build_detection_test_loader(dataset=list(dataset_dicts), mapper=DatasetMapper(**kwargs))
+    loader = annotated_loader(cfg, dataset_dicts)
     torch.manual_seed(seed)
     predictor.losses = capture  # an instance attribute, removed below
     was_training = model.training
@@ -92,8 +91,8 @@ def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int) -
     """:func:`fixed_rule_gradient_shares` of one run folder's ``model_final.pth``.
 
     Returns:
-        Its dict plus ``run``, ``split``, ``images`` and the run's ``smooth_l1_beta`` /
-        ``balanced_l1`` parameters used.
+        Its dict plus ``run``, ``split``, ``images``, ``smooth_l1_beta`` (1.0, the inlier
+        rule's and smooth L1's) and ``balanced_l1`` (the run's parameters).
 
     Raises:
         InputError: for a folder without ``config.yaml`` or ``model_final.pth``, or an

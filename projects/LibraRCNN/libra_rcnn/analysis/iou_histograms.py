@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.sampling import subsample_labels
 
 from ..imbalance import HARD_NEGATIVE_IOU
 from ..roi_heads import build_roi_sampler, label_proposals
-from . import save_figure
+from . import annotated_loader, save_figure
 
 __all__ = ["NEGATIVE_SETS", "negative_ious", "iou_histogram", "hard_share", "draw_iou_histograms", "main"]
 
@@ -88,9 +88,7 @@ def negative_ious(model, cfg, dataset_dicts: Sequence[dict], seed: int = 0) -> D
     sampler = build_roi_sampler(cfg, heads.proposal_matcher)
     torch.manual_seed(seed)  # subsample_labels draws from the default generator
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    kwargs = DatasetMapper.from_config(cfg, is_train=False)  # test-time resizing, no flip ...
-    kwargs["is_train"] = True  # ... but keep the annotations
-    loader = build_detection_test_loader(dataset=list(dataset_dicts), mapper=DatasetMapper(**kwargs))
+    loader = annotated_loader(cfg, dataset_dicts)
     found: Dict[str, List[torch.Tensor]] = {name: [] for name in NEGATIVE_SETS}
     for batch in loader:
         images = model.preprocess_image(batch)
