@@ -18,27 +18,16 @@ Warm-up calls come first: the negative sampler, built with ``floor_thr=-1``, swi
 import argparse
 import json
 import sys
-import types
 
 import torch
 
-
-class _MissingOps(types.ModuleType):
-    """Stands in for ``mmcv._ext`` (mmcv-lite ships no compiled ops); the samplers call none."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def op(*args, **kwargs):
-            raise RuntimeError(f"mmcv compiled op {name} is not installed (mmcv-lite)")
-
-        return op
+from .reference.env import TorchvisionOps
 
 
 def load_samplers():
     """mmdetection's ``CombinedSampler`` with the reference's positive and negative samplers."""
-    sys.modules.setdefault("mmcv._ext", _MissingOps("mmcv._ext"))
+    if not isinstance(sys.modules.get("mmcv._ext"), TorchvisionOps):
+        sys.modules["mmcv._ext"] = TorchvisionOps()
     from mmdet.models.task_modules.samplers import CombinedSampler
 
     from .sampler import POSITIVE_FRACTION, ROIS_PER_IMAGE
