@@ -18,6 +18,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 import libra_rcnn.checkpoint
+from libra_rcnn import FASHION_MNIST_CLASSES
 from libra_rcnn.checkpoint import AtomicCheckpointer
 from libra_rcnn.data.checks import DatasetError
 from libra_rcnn.engine import InputError, Trainer, build_config, check_inputs, truncate_metrics
@@ -361,6 +362,7 @@ BAD_VALUES = {
     "FSAF.CLS_LOSS_WEIGHT": ("-1.0", FSAF_CONFIG),
     "FSAF.BOX_LOSS_WEIGHT": ("-1.0", FSAF_CONFIG),
     "ANALYSIS.GRAD_SHARE_PERIOD": ("-1", LIBRA_CONFIG),
+    "CLASS_NAMES": ("['T-shirt/top', 'Trouser']", LIBRA_CONFIG),  # 2 names for 10 classes
 }
 
 
@@ -383,3 +385,17 @@ def test_a_bad_project_value_fails_before_training_naming_the_key(key, tiny_scen
     args = args_for("--config-file", str(REPO / config), *TINY, "OUTPUT_DIR", str(tmp_path), f"MODEL.LIBRA.{key}", value)
     with pytest.raises(InputError, match=re.escape(f"MODEL.LIBRA.{key}")):
         check_inputs(build_config(args), args)
+
+
+def test_class_names_in_another_order_than_the_datasets_are_refused(tiny_scenes, tmp_path):
+    """A converted model names its classes; a dataset that orders them otherwise would score every
+    detection against the wrong class."""
+    names = list(reversed(FASHION_MNIST_CLASSES))
+    args = args_for("--config-file", str(REPO / LIBRA_CONFIG), *TINY, "OUTPUT_DIR", str(tmp_path),
+                    "MODEL.LIBRA.CLASS_NAMES", repr(names))  # fmt: skip
+    with pytest.raises(InputError, match=r"MODEL.LIBRA.CLASS_NAMES differs from dataset 'tiny_scenes_train'.s "
+                                         r"classes at index 0: the model's 'Ankle boot', the dataset's 'T-shirt/top'"):
+        check_inputs(build_config(args), args)
+    args = args_for("--config-file", str(REPO / LIBRA_CONFIG), *TINY, "OUTPUT_DIR", str(tmp_path),
+                    "MODEL.LIBRA.CLASS_NAMES", repr(list(FASHION_MNIST_CLASSES)))  # fmt: skip
+    check_inputs(build_config(args), args)  # the same names in the same order pass

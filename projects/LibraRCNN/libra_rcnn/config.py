@@ -56,6 +56,10 @@ def add_libra_config(cfg: CN) -> None:
         - ``BOX_LOSS_TYPE``: ``"iou"`` (-ln IoU, the paper's) or ``"giou"`` (fvcore's
           ``giou_loss``, bounded gradients; the FashionScenes configs use it).
         - ``CLS_LOSS_WEIGHT`` (1.0), ``BOX_LOSS_WEIGHT`` (1.0): weights of the anchor-free losses.
+    - ``MODEL.LIBRA.CLASS_NAMES``: the class names the model was trained with, in the order of
+      its outputs (``[]``: not given). The converter of mmdetection checkpoints writes them;
+      ``train_net.py`` then refuses a dataset whose ``thing_classes`` differ, and
+      ``libra_rcnn.predict`` labels its drawings with them when the dataset has none.
     - ``MODEL.LIBRA.ANALYSIS``: imbalance statistics written during training (§1).
         - ``GRAD_SHARE_PERIOD``: every this many iterations ``LibraFastRCNNOutputLayers``
           writes the inliers' share of the box-regression gradient (20, the period of
@@ -91,6 +95,8 @@ def add_libra_config(cfg: CN) -> None:
     cfg.MODEL.LIBRA.FSAF.BOX_LOSS_TYPE = "iou"
     cfg.MODEL.LIBRA.FSAF.CLS_LOSS_WEIGHT = 1.0
     cfg.MODEL.LIBRA.FSAF.BOX_LOSS_WEIGHT = 1.0
+
+    cfg.MODEL.LIBRA.CLASS_NAMES = []
 
     cfg.MODEL.LIBRA.ANALYSIS = CN()
     cfg.MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD = 20

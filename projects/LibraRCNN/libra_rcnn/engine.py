@@ -46,6 +46,7 @@ __all__ = [
     "InputError",
     "build_config",
     "check_inputs",
+    "check_class_names",
     "truncate_metrics",
     "setup",
     "main",
@@ -211,6 +212,8 @@ def check_inputs(cfg: CfgNode, args) -> None:
 
     - every dataset in ``DATASETS.TRAIN`` (unless ``--eval-only``), then ``DATASETS.TEST``,
       is registered and, for COCO-format datasets, its annotation file exists;
+    - ``MODEL.LIBRA.CLASS_NAMES``, when given, matches every dataset's classes
+      (:func:`check_class_names`);
     - ``MODEL.WEIGHTS``, when it is a local path (and always with ``--eval-only``), exists;
     - the model builds: the project's components refuse bad values with a message naming
       the key (built on the meta device, so this costs no memory).
@@ -227,6 +230,7 @@ def check_inputs(cfg: CfgNode, args) -> None:
         if json_file and not os.path.isfile(json_file):
             hint = " (build it: python -m libra_rcnn.data)" if "fashion_scenes" in name else ""
             raise InputError(f"dataset {name!r}: annotation file {json_file} not found{hint}")
+    check_class_names(cfg, names)
     weights = cfg.MODEL.WEIGHTS
     is_url = "://" in weights
     if args.eval_only and not weights:
@@ -243,6 +247,37 @@ def check_inputs(cfg: CfgNode, args) -> None:
         raise InputError(str(e) or repr(e)) from e
     except Exception as e:  # a module that cannot be built on the meta device: check skipped
         logger.warning("Skipped the model check on the meta device: %r", e)
+
+
+def check_class_names(cfg: CfgNode, datasets) -> None:
+    """``MODEL.LIBRA.CLASS_NAMES``, when given, must be the model's classes and every dataset's.
+
+    A converted model whose classes are in another order than the dataset's would evaluate
+    every detection against the wrong class; this stops it before anything runs.
+
+    Raises:
+        InputError: naming the key, the dataset and the first class that differs.
+    """
+    names = list(cfg.MODEL.LIBRA.CLASS_NAMES)
+    if not names:
+        return
+    if cfg.MODEL.META_ARCHITECTURE in _ONE_STAGE:
+        num_classes, key = cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"
+    else:
+        num_classes, key = cfg.MODEL.ROI_HEADS.NUM_CLASSES, "MODEL.ROI_HEADS.NUM_CLASSES"
+    if len(names) != num_classes:
+        raise InputError(f"MODEL.LIBRA.CLASS_NAMES names {len(names)} classes but {key} = {num_classes}")
+    for dataset in datasets:
+        classes = MetadataCatalog.get(dataset).get("thing_classes")
+        if classes is None or list(classes) == names:
+            continue
+        i = next((i for i, (a, b) in enumerate(zip(names, classes)) if a != b), min(len(names), len(classes)))
+        theirs = classes[i] if i < len(classes) else "nothing"
+        ours = names[i] if i < len(names) else "nothing"
+        raise InputError(
+            f"MODEL.LIBRA.CLASS_NAMES differs from dataset {dataset!r}'s classes at index {i}: the model's "
+            f"{ours!r}, the dataset's {theirs!r} ({len(names)} vs {len(classes)} classes)"
+        )
 
 
 def setup(args) -> CfgNode:

@@ -108,6 +108,9 @@ def predict_images(cfg, files: Sequence[str], output_dir: str, confidence_thresh
     os.makedirs(output_dir, exist_ok=True)
     predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
+    if not metadata.get("thing_classes") and cfg.MODEL.LIBRA.CLASS_NAMES:  # a converted model's own names
+        metadata = MetadataCatalog.get("__libra_class_names__")
+        metadata.thing_classes = list(cfg.MODEL.LIBRA.CLASS_NAMES)
     names = list(metadata.get("thing_classes", []))
     category_ids = _dataset_category_ids(metadata)
     detections, skipped, used = [], [], {}
