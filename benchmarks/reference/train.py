@@ -88,8 +88,8 @@ def merge_logs(out: Path) -> None:
 
 
 def shorten(cfg, max_iters: int) -> None:
-    """Set the schedule of ``cfg`` to ``max_iters`` iterations (cosine to the end, warm-up and
-    checkpoint period clipped to it), for short runs such as the tests'."""
+    """Set the schedule of ``cfg`` to ``max_iters`` iterations (cosine to the end; warm-up,
+    checkpoint and logging periods clipped to it), for short runs such as the tests'."""
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters + 1
     warmup, cosine = cfg.param_scheduler
@@ -97,6 +97,7 @@ def shorten(cfg, max_iters: int) -> None:
     cosine.T_max = cosine.end = max_iters
     checkpoint = cfg.default_hooks.checkpoint
     checkpoint.interval = min(checkpoint.interval, max_iters)
+    cfg.default_hooks.logger.interval = min(cfg.default_hooks.logger.interval, max_iters)
 
 
 def run(config: str, out: Path, seed: int, max_iters: int = 0) -> dict:
