@@ -39,6 +39,7 @@ from detectron2.utils.logger import setup_logger
 from .checkpoint import AtomicCheckpointer
 from .config import add_libra_config
 from .data.checks import DatasetError, check_image_files, load_train_records
+from .solver import CLIP_TYPES, FULL_MODEL, build_optimizer
 
 __all__ = [
     "Trainer",
@@ -117,6 +118,8 @@ class Trainer(DefaultTrainer):
     - training records checked, bad GT boxes dropped with a logged count
       (:func:`libra_rcnn.data.checks.load_train_records`);
     - atomic checkpoints (:class:`AtomicCheckpointer`);
+    - whole-model gradient clipping, ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"``
+      (:mod:`libra_rcnn.solver`);
     - ``metrics.json`` cut back to the resumed iteration on ``--resume`` (:func:`truncate_metrics`);
     - the iteration named in every ``FloatingPointError`` (a NaN/Inf loss or prediction);
     - ``DistributedDataParallel`` on the CPU: Detectron2 passes ``device_ids`` to DDP, which
@@ -161,6 +164,12 @@ class Trainer(DefaultTrainer):
         if resume and self.start_iter > 0 and comm.is_main_process():
             kept = truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
             logger.info("Resuming at iteration %d; kept %d lines of metrics.json", self.start_iter, kept)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Detectron2's optimizer, with ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"`` too
+        (:func:`libra_rcnn.solver.build_optimizer`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -215,6 +224,7 @@ def check_inputs(cfg: CfgNode, args) -> None:
     - ``MODEL.LIBRA.CLASS_NAMES``, when given, matches every dataset's classes
       (:func:`check_class_names`);
     - ``MODEL.WEIGHTS``, when it is a local path (and always with ``--eval-only``), exists;
+    - ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` is Detectron2's ``value`` / ``norm`` or ``full_model``;
     - the model builds: the project's components refuse bad values with a message naming
       the key (built on the meta device, so this costs no memory).
 
@@ -237,6 +247,11 @@ def check_inputs(cfg: CfgNode, args) -> None:
         raise InputError("--eval-only needs MODEL.WEIGHTS (a checkpoint file)")
     if weights and not is_url and not os.path.isfile(weights):
         raise InputError(f"MODEL.WEIGHTS file {weights} not found")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
+        raise InputError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r} is not allowed; choose one of {list(CLIP_TYPES)}")
+    if clip.ENABLED and clip.CLIP_TYPE == FULL_MODEL and not clip.CLIP_VALUE > 0:
+        raise InputError(f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE = {clip.CLIP_VALUE!r} must be > 0 for full-model clipping")
     meta_cfg = cfg.clone()
     meta_cfg.defrost()
     meta_cfg.MODEL.DEVICE = "meta"
