@@ -13,6 +13,7 @@ from libra_rcnn.ablation import (
     collect_result,
     paired_difference,
     student_t_quantile,
+    welch_difference,
     summarize,
     write_table,
 )
@@ -167,3 +168,16 @@ def test_runner_trains_every_seed_tabulates_charts_and_skips_finished_runs(tiny_
     changed = run_ablation("--configs", *TABLE2, "--out", str(out), *TINY, "SOLVER.BASE_LR", "0.001", datasets_root=tiny_scenes)
     assert changed.returncode == 2 and "was made with other settings" in changed.stderr
     assert "(SOLVER.BASE_LR)" in changed.stderr
+
+
+def test_welch_difference_by_hand():
+    # means 36 and 33.1667, sample variances 1 and 1.58333: se = sqrt(1/3 + 1.58333/3) = 0.92796,
+    # df = 0.86111^2 / ((1/3)^2 / 2 + (0.52778)^2 / 2) = 3.806, t(0.975, 3.806) = 2.833 (t tables, 1/df
+    # interpolation: 2.838): the bound 2.833 * 0.928 = 2.63 < 2.83, beyond noise.
+    d = welch_difference([36.0, 35.0, 37.0], [33.0, 32.0, 34.5])
+    assert d["mean"] == pytest.approx(2.83333, abs=1e-5) and d["se"] == pytest.approx(0.92796, abs=1e-5)
+    assert d["df"] == pytest.approx(3.806, abs=1e-3) and d["beyond_noise"] is True
+    assert student_t_quantile(0.975, 3.806) == pytest.approx(2.838, abs=0.006)  # between t(3) 3.182 and t(4) 2.776
+    close = welch_difference([36.0, 35.0, 37.0], [35.5, 34.0, 36.5])
+    assert close["mean"] == pytest.approx(0.66667, abs=1e-5) and close["beyond_noise"] is False
+    assert welch_difference([36.0], [35.0, 34.0])["beyond_noise"] is None

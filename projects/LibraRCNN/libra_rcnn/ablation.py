@@ -57,6 +57,7 @@ __all__ = [
     "summarize",
     "paired_difference",
     "student_t_quantile",
+    "welch_difference",
     "write_table",
     "plot_results",
 ]
@@ -228,9 +229,10 @@ def hardware() -> str:
     return f"{device}; {cpu}; torch {torch.__version__}, detectron2 {detectron2.__version__}"
 
 
-def student_t_quantile(p: float, df: int) -> float:
+def student_t_quantile(p: float, df: float) -> float:
     """The ``p`` quantile (0.5 < p < 1) of Student's t distribution with ``df`` >= 1 degrees of
-    freedom, by bisection on its CDF (Simpson's rule on the density; accurate to about 1e-6)."""
+    freedom (not necessarily whole), by bisection on its CDF (Simpson's rule on the density;
+    accurate to about 1e-6)."""
     if not (0.5 < p < 1.0 and df >= 1):
         raise ValueError(f"need 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
@@ -273,6 +275,33 @@ def paired_difference(values: Dict[int, float], reference: Dict[int, float]) -> 
         bound = student_t_quantile(0.975, len(diffs) - 1) * out["std"] / math.sqrt(len(diffs))
         beyond = abs(out["mean"]) > bound
     out["beyond_noise"] = beyond
+    return out
+
+
+def welch_difference(values: Sequence[float], reference: Sequence[float]) -> Dict[str, object]:
+    """``mean(values) - mean(reference)`` for independent samples, with Welch's t-test.
+
+    For runs whose seeds do not pair (two frameworks draw their random streams differently), the
+    difference of the means, its standard error ``se = sqrt(s1^2 / n1 + s2^2 / n2)`` (sample
+    variances, n - 1), the Welch-Satterthwaite degrees of freedom
+    ``df = se^4 / ((s1^2 / n1)^2 / (n1 - 1) + (s2^2 / n2)^2 / (n2 - 1))``, and ``beyond_noise``:
+    True when the two-sided test at 5 % rejects a zero difference (|mean| > t(0.975, df) * se);
+    None with fewer than two values on either side.
+    """
+    a, b = [float(v) for v in values], [float(v) for v in reference]
+    out: Dict[str, object] = {"n": [len(a), len(b)]}
+    if not a or not b:
+        return {**out, "mean": float("nan"), "se": float("nan"), "df": float("nan"), "beyond_noise": None}
+    sa, sb = _mean_std(a), _mean_std(b)
+    out["mean"] = sa["mean"] - sb["mean"]
+    if len(a) < 2 or len(b) < 2:
+        return {**out, "se": float("nan"), "df": float("nan"), "beyond_noise": None}
+    va, vb = sa["std"] ** 2 / len(a), sb["std"] ** 2 / len(b)
+    out["se"] = math.sqrt(va + vb)
+    if out["se"] == 0.0:
+        return {**out, "df": float("inf"), "beyond_noise": out["mean"] != 0.0}
+    out["df"] = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    out["beyond_noise"] = abs(out["mean"]) > student_t_quantile(0.975, out["df"]) * out["se"]
     return out
 
 
