@@ -117,7 +117,9 @@ class BalancedL1Options:
         node = cfg.MODEL.LIBRA.BALANCED_L1
         return cls(alpha=node.ALPHA, gamma=node.GAMMA, beta=node.BETA, variant=node.VARIANT)
 
-    def __call__(self, input: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    def __call__(
+        self, input: torch.Tensor, target: torch.Tensor, reduction: str = "none", weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         return balanced_l1_loss(
-            input, target, self.alpha, self.gamma, self.beta, reduction=reduction, variant=self.variant
+            input, target, self.alpha, self.gamma, self.beta, reduction=reduction, variant=self.variant, weight=weight
         )

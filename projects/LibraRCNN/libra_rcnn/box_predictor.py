@@ -35,8 +35,10 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     |dL/dx| is computed in closed form from the delta residuals (see
     :func:`libra_rcnn.imbalance.box_reg_loss_and_grad`); the loss and its gradient are not
-    touched. This costs one host-device sync per period (the scalars' conversion), none in
-    the other iterations. ``giou``/``diou``/``ciou`` write no shares.
+    touched. With balanced L1 this costs one host-device sync per period (the scalars'
+    conversion; the residuals are the loss's own), none in the other iterations; with
+    ``smooth_l1``, Detectron2's loss keeps no residuals and its ``get_deltas`` check adds one.
+    ``giou``/``diou``/``ciou`` write no shares.
 
     Extra config keys: ``MODEL.LIBRA.BALANCED_L1.{ALPHA, GAMMA, BETA, VARIANT}`` and
     ``MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD``.
@@ -73,12 +75,17 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def losses(self, predictions, proposals):
         """Detectron2's losses; on the periods' iterations also the gradient shares (see above)."""
-        losses = super().losses(predictions, proposals)
         period = self.grad_share_period
-        if self.training and period > 0 and self.box_reg_loss_type in ELEMENTWISE_BOX_LOSSES and len(proposals):
-            storage = get_event_storage()
-            if (storage.iter + 1) % period == 0:
-                self._put_grad_shares(storage, predictions[1], proposals)
+        due = self.training and period > 0 and self.box_reg_loss_type in ELEMENTWISE_BOX_LOSSES and len(proposals)
+        due = bool(due) and (get_event_storage().iter + 1) % period == 0
+        self._residual = None
+        self._keep_residual = due  # the balanced L1 loss keeps its residuals for the shares
+        try:
+            losses = super().losses(predictions, proposals)
+            if due:
+                self._put_grad_shares(get_event_storage(), predictions[1], proposals)
+        finally:
+            self._keep_residual, self._residual = False, None
         return losses
 
     @torch.no_grad()
@@ -103,7 +110,9 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         return foreground, pred_deltas.float() - gt_deltas.float()
 
     def _put_grad_shares(self, storage, pred_deltas, proposals) -> None:
-        foreground, residual = self.box_residuals(pred_deltas, proposals)
+        # The loss's own residuals when it kept them (balanced L1); else computed again, with
+        # the check of Detectron2's get_deltas (one more sync on these iterations).
+        foreground, residual = self._residual or self.box_residuals(pred_deltas, proposals)
         loss, grad = box_reg_loss_and_grad(residual, self.box_reg_loss_type, self.smooth_l1_beta, self.balanced_l1)
         inlier_grad, total_grad, inliers, samples = inlier_gradient_sums(loss, grad, foreground).tolist()  # one sync
         if samples > 0:
@@ -135,6 +144,8 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         if self.box_reg_loss_type != "balanced_l1":
             return super().box_reg_loss(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
         foreground, pred_deltas, gt_deltas = self._foreground_deltas(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
+        if getattr(self, "_keep_residual", False):
+            self._residual = (foreground, pred_deltas.detach().float() - gt_deltas.float())
         loss = self.balanced_l1(pred_deltas, gt_deltas)
         # A mask, not an index: no host-device synchronisation.
         loss = torch.where(foreground[:, None], loss, torch.zeros_like(loss)).sum()

@@ -13,8 +13,9 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss_jit
 from torch.nn.utils.rnn import pad_sequence
+from torchvision.ops import generalized_box_iou_loss
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
@@ -187,7 +188,7 @@ class FSAF(LibraRetinaNet):
       over non-ignored pixels and classes, divided by the number of positive pixels of the
       selected levels;
     - ``loss_af_box``: IoU loss (:func:`iou_loss`, -ln IoU; ``BOX_LOSS_TYPE: "iou"``) or
-      fvcore's GIoU loss (``"giou"``) averaged over those positive pixels.
+      torchvision's GIoU loss (``"giou"``, ``generalized_box_iou_loss``) averaged over those positive pixels.
 
     Each instance counts as positive only on its selected level (:func:`select_levels`, or
     FPN's level rule with ``SELECTION: "heuristic"``). On its other levels its effective
@@ -291,7 +292,9 @@ class FSAF(LibraRetinaNet):
         # Pixels without a GT box get their own anchor as a stand-in target: a box of positive
         # area keeps the (masked-out) IoU finite in value and gradient.
         target_boxes = torch.where(positive[..., None], target_boxes, anchors[None])
-        target_onehot = F.one_hot(gt_classes.gather(1, index), self.num_classes).to(logits.dtype) * positive[..., None]
+        # One-hot by comparison (F.one_hot checks the classes' range on the host).
+        classes = torch.arange(self.num_classes, device=gt_classes.device)
+        target_onehot = (gt_classes.gather(1, index)[..., None] == classes).to(logits.dtype) * positive[..., None]
 
         focal = sigmoid_focal_loss_jit(
             logits, target_onehot, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="none"
@@ -302,7 +305,7 @@ class FSAF(LibraRetinaNet):
         if self.box_loss_type == "iou":
             box_loss = iou_loss(pred_boxes, target_boxes)  # (B, P); used where positive
         else:
-            box_loss = giou_loss(pred_boxes, target_boxes, reduction="none")
+            box_loss = generalized_box_iou_loss(pred_boxes, target_boxes, reduction="none")
 
         if self.selection == "online":
             pixel_loss = (focal.sum(-1) + box_loss).detach()

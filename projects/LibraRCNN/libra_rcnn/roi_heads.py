@@ -46,8 +46,9 @@ def label_proposals(proposal_matcher, num_classes: int, proposal_boxes: Boxes, t
     matched_idxs, matched_labels = proposal_matcher(iou)
     if len(targets) > 0:
         classes = targets.gt_classes[matched_idxs]
-        classes[matched_labels == 0] = num_classes
-        classes[matched_labels == -1] = -1
+        # torch.where rather than masked assignment, which reads the mask's positions on the host.
+        classes = torch.where(matched_labels == 0, torch.full_like(classes, num_classes), classes)
+        classes = torch.where(matched_labels == -1, torch.full_like(classes, -1), classes)
         max_iou = iou.max(dim=0).values
     else:
         classes = torch.full_like(matched_idxs, num_classes)
@@ -178,15 +179,18 @@ class LibraROIHeads(StandardROIHeads):
             generator=self.sampling_generator,
         )
 
-        # Sampled indices over the batch, grouped by image with positives first.
-        sampled = torch.nonzero(pos | neg).squeeze(1)
-        order = torch.sort(image_index[sampled] * 2 + neg[sampled].long(), stable=True).indices
-        sampled = sampled[order]
-        per_image = torch.zeros(len(proposals), dtype=torch.int64, device=sampled.device)
-        per_image.scatter_add_(0, image_index[sampled], torch.ones_like(sampled))
+        # The per-image counts of sampled RoIs, read with the statistics in one host-device sync;
+        # knowing their sum, nonzero_static finds the sampled indices without another.
+        sampled_mask = pos | neg
+        per_image = torch.zeros(len(proposals), dtype=torch.int64, device=sampled_mask.device)
+        per_image.scatter_add_(0, image_index, sampled_mask.long())
         n = len(proposals)
         values = torch.cat([per_image, pos.sum().view(1), negative_iou_counts(max_iou, neg)]).tolist()  # one sync
         counts, num_fg, bg_per_bin = values[:n], values[n], values[n + 1 :]
+        # Sampled indices over the batch, grouped by image with positives first.
+        sampled = torch.nonzero_static(sampled_mask, size=sum(counts)).squeeze(1)
+        order = torch.sort(image_index[sampled] * 2 + neg[sampled].long(), stable=True).indices
+        sampled = sampled[order]
 
         proposals_with_gt = []
         offset = 0
