@@ -224,6 +224,8 @@ def check_inputs(cfg: CfgNode, args) -> None:
     - ``MODEL.LIBRA.CLASS_NAMES``, when given, matches every dataset's classes
       (:func:`check_class_names`);
     - ``MODEL.WEIGHTS``, when it is a local path (and always with ``--eval-only``), exists;
+    - ``SOLVER.AMP.ENABLED`` only with a CUDA ``MODEL.DEVICE`` (Detectron2's ``AMPTrainer`` is
+      CUDA-only: on a CPU it would fail at its first step);
     - ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` is Detectron2's ``value`` / ``norm`` or ``full_model``;
     - the model builds: the project's components refuse bad values with a message naming
       the key (built on the meta device, so this costs no memory).
@@ -247,6 +249,12 @@ def check_inputs(cfg: CfgNode, args) -> None:
         raise InputError("--eval-only needs MODEL.WEIGHTS (a checkpoint file)")
     if weights and not is_url and not os.path.isfile(weights):
         raise InputError(f"MODEL.WEIGHTS file {weights} not found")
+    if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type != "cuda":
+        raise InputError(
+            f"SOLVER.AMP.ENABLED = True needs a CUDA device (Detectron2's AMPTrainer) and MODEL.DEVICE is "
+            f"{cfg.MODEL.DEVICE!r}{'' if torch.cuda.is_available() else ' (no CUDA on this machine)'}; "
+            "set SOLVER.AMP.ENABLED False to train in float32"
+        )
     clip = cfg.SOLVER.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
         raise InputError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r} is not allowed; choose one of {list(CLIP_TYPES)}")

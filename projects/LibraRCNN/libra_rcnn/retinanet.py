@@ -94,5 +94,5 @@ class LibraRetinaNet(RetinaNet):
         all_anchors = Boxes.cat(anchors).tensor  # (R, 4)
         gt_deltas = torch.stack([self.box2box_transform.get_deltas(all_anchors, b) for b in gt_boxes])
         deltas = cat(pred_anchor_deltas, dim=1)
-        loss_box_reg = self.balanced_l1(deltas, gt_deltas.to(deltas.dtype), "sum", weight=positive[..., None].to(deltas.dtype))
+        loss_box_reg = self.balanced_l1(deltas, gt_deltas, "sum", weight=positive[..., None])
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
