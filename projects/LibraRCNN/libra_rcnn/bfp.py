@@ -88,16 +88,37 @@ def _upsample_nearest_symbolic(y: torch.Tensor, size: Sequence) -> torch.Tensor:
     return y.index_select(3, _nearest_indices(y.shape[-1], size[1], y.device))
 
 
-def _max_pool_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _bounded_windows(in_size, out_size, length: int, device: torch.device) -> torch.Tensor:
+    """(out_size, length) int64: :func:`_pooling_windows` with a window length fixed ahead.
+
+    ``length`` must be at least the longest window, ``ceil(in / out) + 1`` covers any sizes;
+    with sizes that are SymInts (``torch.compile`` with dynamic shapes) every op's shape is
+    known from the sizes alone, so nothing depends on values.
+    """
+    i = torch.arange(out_size, device=device)
+    start = i * in_size // out_size
+    end = ((i + 1) * in_size + out_size - 1) // out_size
+    return torch.minimum(start[:, None] + torch.arange(length, device=device), end[:, None] - 1)
+
+
+def _max_pool_to(x: torch.Tensor, size: Sequence[int], ratio: int = 1) -> torch.Tensor:
     """Adaptive max pooling of (B, C, H, W) to ``size`` (step 1 and 4 of METHODS.md §3).
 
     Where H and W are whole multiples of ``size`` (FPN levels of an input padded to the
     backbone's size divisibility), adaptive pooling is a plain k x k max pooling of stride k:
     the same windows, values and gradients, by a faster kernel. While tracing or exporting,
-    :func:`_adaptive_max_pool_symbolic` (same values, any size).
+    :func:`_adaptive_max_pool_symbolic` (same values, any size). Under ``torch.compile``, the
+    same windows gathered with a length fixed by ``ratio`` (the levels' stride ratio): no branch
+    on the sizes, so no recompilation when they change.
     """
     if _recording():
         return _adaptive_max_pool_symbolic(x, size)
+    if torch.compiler.is_compiling():
+        rows = _bounded_windows(x.shape[-2], size[0], ratio + 1, x.device)
+        cols = _bounded_windows(x.shape[-1], size[1], ratio + 1, x.device)
+        b, c = x.shape[:2]
+        x = x.index_select(2, rows.flatten()).unflatten(2, rows.shape).amax(dim=3)
+        return x.index_select(3, cols.flatten()).unflatten(3, cols.shape).amax(dim=4)
     k = _integer_ratio(x.shape[-2:], size)
     if k is None:
         return F.adaptive_max_pool2d(x, tuple(size))
@@ -113,6 +134,8 @@ def _add_upsampled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     if _recording():
         return x + _upsample_nearest_symbolic(y, x.shape[-2:])
+    if torch.compiler.is_compiling():
+        return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
     k = _integer_ratio(x.shape[-2:], y.shape[-2:])
     if k is None:
         return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
@@ -127,7 +150,8 @@ class NonLocalBlock2d(nn.Module):
     convolutions theta, phi, g (``channels -> channels``, reduction 1) and W_out. As in the
     reference implementation the dot product is not scaled by 1/sqrt(d), and W_out starts at
     zero so that the block starts as the identity. See :meth:`attend` for the two ways the
-    attention is computed.
+    attention is computed. Under ``torch.autocast`` theta, phi, g and the attention run in
+    float32 (unscaled logits in 16 bits lose several percent), W_out in the autocast type.
 
     Args:
         channels: C, channels of the input and output.
@@ -170,6 +194,12 @@ class NonLocalBlock2d(nn.Module):
         return y.transpose(1, 2).reshape(b, c, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # The attention in float32, theta and phi included: with unscaled logits of std ~10
+            # a 16-bit attention is 3 % (bfloat16) off in the output (benchmarks/precision.py).
+            with torch.autocast(x.device.type, enabled=False):
+                y = self.attend(x.float())
+            return x + self.out(y)
         return x + self.out(self.attend(x))
 
 
@@ -245,18 +275,20 @@ class BalancedFeaturePyramid(Backbone):
         """
         features = self.fpn(x)
         levels = [features[name] for name in self._out_features]
+        strides = [self._out_feature_strides[name] for name in self._out_features]
         r = self.refine_level
         # Integrate: finer levels are max-pooled down, coarser ones added upsampled.
         total = levels[r]
-        for f in levels[:r]:
-            total = total + _max_pool_to(f, total.shape[-2:])
+        for f, stride in zip(levels[:r], strides[:r]):
+            total = total + _max_pool_to(f, total.shape[-2:], strides[r] // stride)
         for f in levels[r + 1 :]:
             total = _add_upsampled(total, f)
         balanced = self.refine(total / len(levels))
         # Strengthen: the balanced map, upsampled to the finer levels and pooled to the coarser.
         out = [_add_upsampled(f, balanced) for f in levels[:r]]
         out.append(levels[r] + balanced)
-        out += [f + _max_pool_to(balanced, f.shape[-2:]) for f in levels[r + 1 :]]
+        out += [f + _max_pool_to(balanced, f.shape[-2:], stride // strides[r])
+                for f, stride in zip(levels[r + 1 :], strides[r + 1 :])]  # fmt: skip
         return dict(zip(self._out_features, out))
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
