@@ -171,13 +171,20 @@ def calibrate_frozen_batchnorm(model, inputs: List[dict]) -> int:
 
 
 def _worker(
-    conn, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int
+    conn, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int,
+    precision: str = "float32",
 ) -> None:
-    """Worker process: builds one model, then answers the parent's measurement requests."""
+    """Worker process: builds one model, then answers the parent's measurement requests.
+
+    ``precision="amp"``: on a GPU, Detectron2's ``AMPTrainer`` (float16 autocast, gradient
+    scaling) and float16 autocast in inference; on the CPU, bfloat16 autocast around both.
+    """
     try:
         torch.set_num_threads(threads)
+        from contextlib import nullcontext
+
         from detectron2.checkpoint import DetectionCheckpointer
-        from detectron2.engine import SimpleTrainer
+        from detectron2.engine import AMPTrainer, SimpleTrainer
         from detectron2.modeling import build_model
         from detectron2.solver import build_optimizer
         from detectron2.utils.env import seed_all_rng
@@ -194,19 +201,26 @@ def _worker(
             calibrated = calibrate_frozen_batchnorm(model, batch)
         images = [{"image": d["image"], "height": d["image"].shape[1], "width": d["image"].shape[2]} for d in batch]
         optimizer = build_optimizer(cfg, model)
-        trainer = SimpleTrainer(model, _repeat(batch), optimizer)
+        cuda_amp = precision == "amp" and device.startswith("cuda")
+        trainer = (AMPTrainer if cuda_amp else SimpleTrainer)(model, _repeat(batch), optimizer)
         storage = EventStorage(0)
         trainer.storage = storage
         state = {"step": 0, "image": 0}
+        cpu_amp = precision == "amp" and not cuda_amp
+
+        def autocast():
+            if cuda_amp:
+                return torch.autocast("cuda", dtype=torch.float16)
+            return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_amp else nullcontext()
 
         def train_step():
             trainer.iter = storage.iter = state["step"]
-            with storage:
+            with storage, (autocast() if cpu_amp else nullcontext()):
                 trainer.run_step()
             state["step"] += 1
 
         def infer():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model([images[state["image"] % len(images)]])
             state["image"] += 1
 
@@ -239,11 +253,12 @@ def _repeat(batch):
 
 class _Worker:
     def __init__(
-        self, ctx, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int
+        self, ctx, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int,
+        precision: str = "float32",
     ):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_worker, args=(child, config_file, weights, device, batch_bytes, seed, threads)
+            target=_worker, args=(child, config_file, weights, device, batch_bytes, seed, threads, precision)
         )
         self.process.start()
         self.info = self._answer()
@@ -292,8 +307,10 @@ def measure_pair(
     seed: int,
     threads: int,
     log=print,
+    precision: str = "float32",
 ) -> dict:
-    """Training step and inference of both models of ``pair`` on ``device``, interleaved.
+    """Training step and inference of both models of ``pair`` on ``device``, interleaved,
+    in ``precision`` (``"float32"`` or ``"amp"``: see :func:`_worker`).
 
     Returns:
         dict with the pair's names, configs, batch, input size, weights and, per model
@@ -311,10 +328,11 @@ def measure_pair(
     workers: Dict[str, _Worker] = {}
     try:
         for key, config_file in configs.items():
-            workers[key] = _Worker(ctx, config_file, weights[key], device, batch_bytes, seed, threads)
+            workers[key] = _Worker(ctx, config_file, weights[key], device, batch_bytes, seed, threads, precision)
         result = {
             "suite": pair.suite,
             "device": device,
+            "precision": precision,
             "baseline_name": pair.baseline_name,
             "libra_name": pair.libra_name,
             "configs": configs,
@@ -329,7 +347,8 @@ def measure_pair(
         ):
             for w in workers.values():
                 w.ask("phase", phase)
-            log(f"  {pair.suite} {pair.baseline_name} vs {pair.libra_name} on {device}: {phase} ...")
+            log(f"  {pair.suite} {pair.baseline_name} vs {pair.libra_name} on {device}, {precision}, "
+                f"batch {batch_size}: {phase} ...")
             times = _alternate(workers, command, warmup, repeats)
             for key, w in workers.items():
                 model = result["models"][key]

@@ -180,6 +180,22 @@ def count_syncs(fn: Callable[[], object]) -> List[SyncEvent]:
     return counter.events
 
 
+def cuda_sync_warnings(fn: Callable[[], object]) -> List[str]:
+    """CUDA's own count: the warnings of ``torch.cuda.set_sync_debug_mode("warn")`` while running
+    ``fn()`` on a GPU, one per synchronising CUDA call (their messages)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+
+
 # --- the audit -------------------------------------------------------------------------------
 
 PAIRS = [  # (baseline, Libra counterpart) FashionScenes configs
@@ -199,8 +215,12 @@ def training_batch(dataset: str, num_images: int = 2) -> List[dict]:
     return [mapper(dict(r)) for r in DatasetCatalog.get(dataset)[:num_images]]
 
 
-def step_events(cfg, batch: Sequence[dict], iteration: int = 0) -> List[SyncEvent]:
-    """Syncs of one training step of ``cfg``'s model on ``batch``: forward and backward."""
+def step_events(cfg, batch: Sequence[dict], iteration: int = 0, cuda_check: bool = False):
+    """Syncs of one training step of ``cfg``'s model on ``batch``: forward and backward.
+
+    Returns the :class:`SyncEvent` list; with ``cuda_check`` (a model on a GPU), also the
+    messages of CUDA's own sync debug mode for the same step, as ``(events, cuda_messages)``.
+    """
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
@@ -214,43 +234,57 @@ def step_events(cfg, batch: Sequence[dict], iteration: int = 0) -> List[SyncEven
 
     with EventStorage(iteration):  # a first step outside the count: lazy initialisations
         sum(model(list(batch)).values()).backward()
-    return count_syncs(step)
+    events = count_syncs(step)
+    return (events, cuda_sync_warnings(step)) if cuda_check else events
 
 
-def audit_models(configs: Sequence[str], batch: Sequence[dict], overrides: Sequence[str] = ()) -> Dict[str, List[SyncEvent]]:
-    """Config name -> the syncs of one training step (iteration 0: no training statistics)."""
+def audit_models(configs: Sequence[str], batch: Sequence[dict], device: str = "cpu") -> Dict[str, List[SyncEvent]]:
+    """Config name -> the syncs of one training step (iteration 0: no training statistics).
+
+    On ``cuda``, the count of CUDA's sync debug mode for the same step is in
+    :data:`CUDA_COUNTS` (config name -> number of warnings).
+    """
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import load_cfg
 
     out = {}
     for name in configs:
-        cfg = load_cfg(f"configs/FashionScenes/{name}.yaml", ["MODEL.DEVICE", "cpu", *overrides])
-        out[name] = step_events(cfg, batch)
+        cfg = load_cfg(f"configs/FashionScenes/{name}.yaml", ["MODEL.DEVICE", device])
+        if device == "cuda":
+            out[name], CUDA_COUNTS[name] = step_events(cfg, batch, cuda_check=True)
+        else:
+            out[name] = step_events(cfg, batch)
     return out
 
 
-def audit_components() -> Dict[str, List[SyncEvent]]:
-    """The project's components alone, on synthetic inputs, forward and backward where they
-    have a backward: BalancedRoISampler, the BFP, balanced L1, FSAF's anchor-free losses."""
+CUDA_COUNTS: Dict[str, List[str]] = {}
+
+
+def audit_components(device: str = "cpu", count: Callable = count_syncs) -> Dict[str, list]:
+    """The project's components alone, on synthetic inputs on ``device``, forward and backward
+    where they have a backward: BalancedRoISampler, the BFP, balanced L1, FSAF's targets and
+    online level selection. ``count`` runs each and returns what it counted
+    (:func:`count_syncs`, or :func:`cuda_sync_warnings` on a GPU)."""
     from libra_rcnn import BalancedFeaturePyramid, BalancedRoISampler, balanced_l1_loss, fsaf_targets, select_levels
 
     g = torch.Generator().manual_seed(0)
-    out: Dict[str, List[SyncEvent]] = {}
+    on = torch.Generator(device=device).manual_seed(0)
+    out: Dict[str, list] = {}
     n, images, gts = 4000, 2, 12
-    gt_classes = torch.randint(0, 11, (n,), generator=g)
-    max_iou = torch.rand(n, generator=g)
-    gt_index = torch.randint(0, gts, (n,), generator=g)
-    image_index = torch.arange(n) * images // n
+    gt_classes = torch.randint(0, 11, (n,), generator=g).to(device)
+    max_iou = torch.rand(n, generator=g).to(device)
+    gt_index = torch.randint(0, gts, (n,), generator=g).to(device)
+    image_index = (torch.arange(n) * images // n).to(device)
     for binning in ("paper", "mmdet"):
         sampler = BalancedRoISampler(512, 0.25, binning=binning, floor_thr=0.1 if binning == "paper" else -1.0,
                                      floor_fraction=0.25 if binning == "paper" else 0.0)  # fmt: skip
-        out[f"BalancedRoISampler ({binning} bins)"] = count_syncs(
-            lambda: sampler(gt_classes, max_iou, gt_index, image_index, images, gts, 10, g))
+        out[f"BalancedRoISampler ({binning} bins)"] = count(
+            lambda: sampler(gt_classes, max_iou, gt_index, image_index, images, gts, 10, on))
 
     class Levels(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.levels = {f"p{i}": torch.nn.Parameter(torch.randn(2, 16, 64 >> (i - 2), 48 >> (i - 2), generator=g))
+            self.levels = {f"p{i}": torch.nn.Parameter(torch.randn(2, 16, 64 >> (i - 2), 48 >> (i - 2), generator=g).to(device))
                            for i in range(2, 7)}  # fmt: skip
             for k, v in self.levels.items():
                 self.register_parameter(k, v)
@@ -264,28 +298,28 @@ def audit_components() -> Dict[str, List[SyncEvent]]:
             return {k: ShapeSpec(channels=16, stride=2**int(k[1:])) for k in self.levels}
 
     for refine in ("non_local", "conv", "none"):
-        bfp = BalancedFeaturePyramid(Levels(), refine_level=2, refine_type=refine)
-        out[f"BFP ({refine}), forward + backward"] = count_syncs(
-            lambda: sum(v.sum() for v in bfp(torch.zeros(1)).values()).backward())
-    pred = torch.randn(256, 4, generator=g, requires_grad=True)
-    target = torch.randn(256, 4, generator=g)
+        bfp = BalancedFeaturePyramid(Levels(), refine_level=2, refine_type=refine).to(device)
+        out[f"BFP ({refine}), forward + backward"] = count(
+            lambda: sum(v.sum() for v in bfp(torch.zeros(1, device=device)).values()).backward())
+    pred = torch.randn(256, 4, generator=g).to(device).requires_grad_()
+    target = torch.randn(256, 4, generator=g).to(device)
     for variant in ("paper", "mmdet"):
-        out[f"balanced L1 ({variant}), forward + backward"] = count_syncs(
+        out[f"balanced L1 ({variant}), forward + backward"] = count(
             lambda: balanced_l1_loss(pred, target, beta=0.11, variant=variant, reduction="sum").backward())
 
-    points = torch.rand(3000, 2, generator=g) * 256
-    strides = torch.full((3000,), 8.0)
+    points = (torch.rand(3000, 2, generator=g) * 256).to(device)
+    strides = torch.full((3000,), 8.0, device=device)
     boxes = torch.rand(2, 5, 2, generator=g) * 200
-    gt_boxes = torch.cat([boxes, boxes + 20 + torch.rand(2, 5, 2, generator=g) * 50], dim=2)
-    valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    gt_boxes = torch.cat([boxes, boxes + 20 + torch.rand(2, 5, 2, generator=g) * 50], dim=2).to(device)
+    valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2], device=device)
+    pixel_loss = torch.rand(2, 3000, generator=g).to(device)
+    level_ids = torch.arange(3000, device=device) % 5
 
     def fsaf_losses():
-        owner, ignored = fsaf_targets(points, strides, gt_boxes, valid, 0.2, 0.5)
-        pixel_loss = torch.rand(2, 3000, generator=g, requires_grad=True)
-        level_ids = torch.arange(3000) % 5
-        select_levels(pixel_loss.detach(), owner, level_ids, 5, 5)
+        owner, _ = fsaf_targets(points, strides, gt_boxes, valid, 0.2, 0.5)
+        select_levels(pixel_loss, owner, level_ids, 5, 5)
 
-    out["FSAF targets and online level selection"] = count_syncs(fsaf_losses)
+    out["FSAF targets and online level selection"] = count(fsaf_losses)
     return out
 
 
@@ -328,18 +362,30 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", default=os.environ.get("DETECTRON2_DATASETS", "datasets"),
                         help="DETECTRON2_DATASETS root holding fashion_scenes/")  # fmt: skip
     parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the models on the GPU, each count beside CUDA's own (set_sync_debug_mode)")  # fmt: skip
     args = parser.parse_args(argv)
     import libra_rcnn
 
     libra_rcnn.register_fashion_scenes(os.path.join(args.datasets, "fashion_scenes"), prefix="audit_scenes")
     batch = training_batch("audit_scenes_train")
-    result = {"models": summarize(audit_models([c for pair in PAIRS for c in pair], batch)),
+    result = {"device": args.device,
+              "models": summarize(audit_models([c for pair in PAIRS for c in pair], batch, args.device)),
               "label_and_sample_proposals": summarize(audit_label_and_sample(batch)),
               "components": summarize(audit_components())}  # fmt: skip
+    if args.device == "cuda":
+        result["components_cuda_sync_debug_mode"] = {k: len(v) for k, v in audit_components("cuda", cuda_sync_warnings).items()}
+    for name, messages in CUDA_COUNTS.items():
+        result["models"][name]["cuda_sync_debug_mode"] = len(messages)
+        result["models"][name]["cuda_messages"] = sorted(set(messages))
     for section, rows in result.items():
+        if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+            print(f"== {section}: {rows}")
+            continue
         print(f"== {section}")
         for name, row in rows.items():
-            print(f"{row['count']:4d} ({row['on_device']:3d} on the device)  {name}  {row['by_owner']}")
+            cuda = f", CUDA's debug mode {row['cuda_sync_debug_mode']}" if "cuda_sync_debug_mode" in row else ""
+            print(f"{row['count']:4d} ({row['on_device']:3d} on the device{cuda})  {name}  {row['by_owner']}")
             for site, count in row["sites"].items():
                 print(f"        {count:3d} x {site}")
     if args.out:

@@ -24,7 +24,8 @@ def check_targets(results: dict) -> List[dict]:
     """
     rows = []
     for pair in results.get("detectors", []):
-        label = f"{pair['libra_name']} / {pair['baseline_name']} ({pair['suite']}, {pair['device']})"
+        label = (f"{pair['libra_name']} / {pair['baseline_name']} ({pair['suite']}, {pair['device']}, "
+                 f"{pair.get('precision', 'float32')}, batch {pair['batch_size']})")
         for key, bar, what in (
             ("train_s", TRAIN_RATIO_MAX, "training step"),
             ("infer_s", INFER_RATIO_MAX, "inference"),
@@ -128,15 +129,15 @@ def to_markdown(results: dict) -> str:
             f"COCO size {opts['coco_train_repeats']} after {opts['coco_train_warmup']}; the models alternate "
             "step by step; peak memory: CUDA tensors on a GPU, the process's resident set on the CPU)",
             "",
-            "| device | suite | baseline → Libra | batch, input | weights | baseline s/step | Libra s/step | ratio "
-            "| baseline peak MiB | Libra peak MiB | ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| device | precision | suite | baseline → Libra | batch, input | weights | baseline s/step | Libra s/step "
+            "| ratio | baseline peak MiB | Libra peak MiB | ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in results["detectors"]:
             b, l, r = p["models"]["baseline"], p["models"]["libra"], p["ratio"]
             weights = "trained" if p["weights"]["libra"] != "random init" else "random init"
             lines.append(
-                f"| {p['device']} | {p['suite']} | {p['baseline_name']} → {p['libra_name']} "
+                f"| {p['device']} | {p.get('precision', 'float32')} | {p['suite']} | {p['baseline_name']} → {p['libra_name']} "
                 f"| {p['batch_size']} x {p['input_hw'][0]}x{p['input_hw'][1]} | {weights} "
                 f"| {b['train_s']:.3f} | {l['train_s']:.3f} | {_fmt_ratio(r['train_s'])} "
                 f"| {b['train_peak_mib']:.0f} | {l['train_peak_mib']:.0f} | {_fmt_ratio(r['train_peak_mib'])} |"
@@ -147,14 +148,14 @@ def to_markdown(results: dict) -> str:
             f"{opts['infer_warmup']} warm-up, COCO size {opts['coco_infer_repeats']} after "
             f"{opts['coco_infer_warmup']}; post-processing included)",
             "",
-            "| device | suite | baseline → Libra | input | baseline s/image | Libra s/image | ratio "
+            "| device | precision | suite | baseline → Libra | input | baseline s/image | Libra s/image | ratio "
             "| baseline peak MiB | Libra peak MiB | ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in results["detectors"]:
             b, l, r = p["models"]["baseline"], p["models"]["libra"], p["ratio"]
             lines.append(
-                f"| {p['device']} | {p['suite']} | {p['baseline_name']} → {p['libra_name']} "
+                f"| {p['device']} | {p.get('precision', 'float32')} | {p['suite']} | {p['baseline_name']} → {p['libra_name']} "
                 f"| {p['input_hw'][0]}x{p['input_hw'][1]} "
                 f"| {b['infer_s']:.4f} | {l['infer_s']:.4f} | {_fmt_ratio(r['infer_s'])} "
                 f"| {b['infer_peak_mib']:.0f} | {l['infer_peak_mib']:.0f} | {_fmt_ratio(r['infer_peak_mib'])} |"

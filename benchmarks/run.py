@@ -43,7 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads of every measuring process (default: torch's, one per core)")  # fmt: skip
     g = p.add_argument_group("detectors")
     g.add_argument("--fashion-batch", type=int, default=4, help="FashionScenes images per step (the configs' 4)")
-    g.add_argument("--coco-batch", type=int, default=2, help="COCO-size images per step (the 1x schedule's per GPU)")
+    g.add_argument("--coco-batch", type=int, nargs="+", default=[2],
+                   help="COCO-size images per step on a GPU, one measurement each (2: the 1x schedule's per GPU)")
+    g.add_argument("--precision", nargs="+", choices=["float32", "amp"], default=["float32"],
+                   help="amp: Detectron2's AMPTrainer (float16) on a GPU, bfloat16 autocast on the CPU")
     g.add_argument("--coco-batch-cpu", type=int, default=1, help="COCO-size images per step on the CPU")
     g.add_argument("--train-warmup", type=int, default=2)
     g.add_argument("--train-repeats", type=int, default=10)
@@ -65,10 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bfp-repeats", type=int, default=5)
     p.add_argument("--update-docs", action="store_true", help="copy results.md into docs/benchmarks.md's marked part")
     args = p.parse_args(argv)
-    for name in ("threads", "fashion_batch", "coco_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
+    for name in ("threads", "fashion_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
                  "infer_repeats", "coco_infer_repeats", "sampler_repeats", "bfp_batch", "bfp_repeats"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if any(b < 1 for b in args.coco_batch):
+        p.error(f"--coco-batch must be >= 1, got {args.coco_batch}")
     if any(b < 1 for b in args.sampler_batches):
         p.error(f"--sampler-batches must be >= 1, got {args.sampler_batches}")
     return args
@@ -127,25 +132,25 @@ def main(argv=None) -> dict:
                 if pair.suite not in args.suites or pair.family not in args.families:
                     continue
                 coco = pair.suite == "COCO size"
-                results.setdefault("detectors", []).append(
-                    detectors.measure_pair(
-                        pair,
-                        device,
-                        batch_size=(
-                            (args.coco_batch_cpu if device == "cpu" else args.coco_batch)
-                            if coco
-                            else args.fashion_batch
-                        ),
-                        train_warmup=args.coco_train_warmup if coco else args.train_warmup,
-                        train_repeats=args.coco_train_repeats if coco else args.train_repeats,
-                        infer_warmup=args.coco_infer_warmup if coco else args.infer_warmup,
-                        infer_repeats=args.coco_infer_repeats if coco else args.infer_repeats,
-                        checkpoints=args.checkpoints,
-                        seed=args.seed,
-                        threads=args.threads,
-                        log=log,
-                    )
-                )
+                batches = ([args.coco_batch_cpu] if device == "cpu" else args.coco_batch) if coco else [args.fashion_batch]
+                for batch_size in batches:
+                    for precision in args.precision:
+                        results.setdefault("detectors", []).append(
+                            detectors.measure_pair(
+                                pair,
+                                device,
+                                batch_size=batch_size,
+                                train_warmup=args.coco_train_warmup if coco else args.train_warmup,
+                                train_repeats=args.coco_train_repeats if coco else args.train_repeats,
+                                infer_warmup=args.coco_infer_warmup if coco else args.infer_warmup,
+                                infer_repeats=args.coco_infer_repeats if coco else args.infer_repeats,
+                                checkpoints=args.checkpoints,
+                                seed=args.seed,
+                                threads=args.threads,
+                                log=log,
+                                precision=precision,
+                            )
+                        )
         if "sampler" in parts:
             log(f"sampler on {device}")
             measured = sampler.measure_samplers(

@@ -485,9 +485,10 @@ def convert(state: Dict[str, torch.Tensor], meta: dict):
 def _version(meta: dict) -> Optional[str]:
     """"mmdet X" (2.x meta) or "mmengine X" (mmengine appends a git hash to its version)."""
     for key, name in (("mmdet_version", "mmdet"), ("mmengine_version", "mmengine")):
-        m = re.match(r"\d+(\.\d+)*", str(meta.get(key, "")))
+        value = str(meta.get(key, ""))
+        m = re.match(r"(\d+\.\d+\.\d+?)[0-9a-f]{7,}$", value) or re.match(r"(\d+(\.\d+)*)", value)
         if m:
-            return f"{name} {m.group(0)}"
+            return f"{name} {m.group(1)}"
     return None
 
 

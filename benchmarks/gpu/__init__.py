@@ -1,0 +1,1 @@
+"""The prepared GPU run (``benchmarks/gpu/run.sh``) and its summary (docs/gpu.md)."""
