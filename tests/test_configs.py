@@ -84,6 +84,7 @@ TABLE2_ROWS = {  # row: (reference config, keys switched on top of it)
     "sampler_bins_5": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.NUM_BINS": 5}),
     "sampler_binning_paper": ("libra_rcnn", {}),
     "sampler_binning_mmdet": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.BINNING": "mmdet"}),
+    "rpn_neg_pos_ub_5": ("libra_rcnn", {"MODEL.PROPOSAL_GENERATOR.NAME": "LibraRPN", "MODEL.LIBRA.RPN.NEG_POS_UB": 5.0}),
 }  # fmt: skip
 FAMILIES = {"COCO-Detection": "R_50_FPN_1x", "FashionScenes": "R_18_FPN_GN"}
 

@@ -5,6 +5,7 @@ Importing this package registers every component in Detectron2's registries:
 - ``BACKBONE_REGISTRY``: ``build_bfp_backbone`` (balanced feature pyramid around an FPN) and
   ``build_retinanet_resnet_fpn_p7_no_relu_backbone`` (mmdetection's P6/P7, for converted models);
 - ``ROI_HEADS_REGISTRY``: ``LibraROIHeads`` (IoU-balanced sampling, balanced L1 box loss);
+- ``PROPOSAL_GENERATOR_REGISTRY``: ``LibraRPN`` (the reference's bound on negative anchors);
 - ``META_ARCH_REGISTRY``: ``LibraRetinaNet`` (RetinaNet with the balanced L1 box loss) and
   ``FSAF`` (the feature-selective anchor-free module, alone or with RetinaNet's anchors);
 - ``DatasetCatalog``: ``fashion_scenes_train`` and ``fashion_scenes_val``.
@@ -20,6 +21,7 @@ from .fpn import LastLevelP6P7NoReLU, build_retinanet_resnet_fpn_p7_no_relu_back
 from .fsaf import FSAF, FSAFHead, fsaf_targets, iou_loss, select_levels
 from .retinanet import LibraRetinaNet
 from .roi_heads import LibraROIHeads
+from .rpn import LibraRPN
 from .sampling import (
     BalancedRoISampler,
     instance_balanced_positives,
@@ -44,6 +46,7 @@ __all__ = [
     "build_retinanet_resnet_fpn_p7_no_relu_backbone",
     "LibraFastRCNNOutputLayers",
     "LibraROIHeads",
+    "LibraRPN",
     "LibraRetinaNet",
     "FSAF",
     "FSAFHead",

@@ -56,6 +56,10 @@ def add_libra_config(cfg: CN) -> None:
         - ``BOX_LOSS_TYPE``: ``"iou"`` (-ln IoU, the paper's) or ``"giou"`` (torchvision's
           ``generalized_box_iou_loss``, bounded gradients; the FashionScenes configs use it).
         - ``CLS_LOSS_WEIGHT`` (1.0), ``BOX_LOSS_WEIGHT`` (1.0): weights of the anchor-free losses.
+    - ``MODEL.LIBRA.RPN``: the RPN of ``MODEL.PROPOSAL_GENERATOR.NAME: "LibraRPN"``.
+        - ``NEG_POS_UB``: at most this many negative anchors per positive, with the RPN's
+          losses averaged over the anchors drawn, as the reference's Libra config (5); -1
+          (off) is Detectron2's RPN.
     - ``MODEL.LIBRA.CLASS_NAMES``: the class names the model was trained with, in the order of
       its outputs (``[]``: not given). The converter of mmdetection checkpoints writes them;
       ``train_net.py`` then refuses a dataset whose ``thing_classes`` differ, and
@@ -95,6 +99,9 @@ def add_libra_config(cfg: CN) -> None:
     cfg.MODEL.LIBRA.FSAF.BOX_LOSS_TYPE = "iou"
     cfg.MODEL.LIBRA.FSAF.CLS_LOSS_WEIGHT = 1.0
     cfg.MODEL.LIBRA.FSAF.BOX_LOSS_WEIGHT = 1.0
+
+    cfg.MODEL.LIBRA.RPN = CN()
+    cfg.MODEL.LIBRA.RPN.NEG_POS_UB = -1.0
 
     cfg.MODEL.LIBRA.CLASS_NAMES = []
 
