@@ -143,6 +143,17 @@ def _add_upsampled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.reshape(b, c, h, kh, w, kw) + y[:, :, :, None, :, None]).reshape(x.shape)
 
 
+def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1 convolution of (B, C, H, W) ``x``; under ``torch.compile`` as a matrix
+    product over the channels (the same values to rounding), since inductor's convolution-backward
+    lowering fixes the input's size and would recompile for every new one."""
+    if not torch.compiler.is_compiling():
+        return conv(x)
+    b, _, h, w = x.shape
+    y = F.linear(x.flatten(2).transpose(1, 2), conv.weight.flatten(1), conv.bias)
+    return y.transpose(1, 2).reshape(b, -1, h, w)
+
+
 class NonLocalBlock2d(nn.Module):
     """Embedded-Gaussian non-local block, as the BFP's refinement (METHODS.md §3, step 3).
 
@@ -184,23 +195,25 @@ class NonLocalBlock2d(nn.Module):
         """
         b, c, h, w = x.shape
         # (B, HW, C) each: one head over the H*W positions.
-        query, key, value = (conv(x).flatten(2).transpose(1, 2) for conv in (self.theta, self.phi, self.g))
+        query, key, value = (_conv1x1(conv, x).flatten(2).transpose(1, 2) for conv in (self.theta, self.phi, self.g))
         if fused:
             # Contiguous channels, or PyTorch falls back to its unfused implementation.
             query, key, value = (t.contiguous()[:, None] for t in (query, key, value))
             y = F.scaled_dot_product_attention(query, key, value, scale=1.0)[:, 0]
         else:
             y = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
-        return y.transpose(1, 2).reshape(b, c, h, w)
+        return y.transpose(1, 2).reshape(b, c, h, w).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
             # The attention in float32, theta and phi included: with unscaled logits of std ~10
             # a 16-bit attention is 3 % (bfloat16) off in the output (benchmarks/precision.py).
             with torch.autocast(x.device.type, enabled=False):
-                y = self.attend(x.float())
-            return x + self.out(y)
-        return x + self.out(self.attend(x))
+                y = self.attend(x.float(), fused=not torch.compiler.is_compiling())
+            return x + _conv1x1(self.out, y)
+        # Under torch.compile the explicit form: inductor fuses it, and its fused-attention
+        # kernel does not take symbolic sizes (dynamic shapes).
+        return x + _conv1x1(self.out, self.attend(x, fused=not torch.compiler.is_compiling()))
 
 
 class BalancedFeaturePyramid(Backbone):
