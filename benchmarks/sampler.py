@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -121,16 +120,10 @@ def detectron2_random(inputs: dict, device: str) -> Callable[[], object]:
 
 
 def count_syncs(fn: Callable[[], object]) -> int:
-    """Host-device synchronisations in one call of ``fn`` (CUDA only)."""
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    """Host-device synchronisations in one call of ``fn`` (CUDA only): CUDA's sync debug mode."""
+    from .host_syncs import cuda_sync_warnings
+
+    return len(cuda_sync_warnings(fn))
 
 
 def measure(fn: Callable[[], object], device: str, warmup: int, repeats: int) -> dict:

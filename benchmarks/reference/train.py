@@ -13,8 +13,8 @@ precision with pycocotools (``CocoMetric`` rounds to 0.1 AP).
 Written into ``--out``: ``result.json`` (AP, AP50, AP75, APs, APm, APl at full precision and
 as ``CocoMetric`` printed them; seconds; versions; CPU), ``detections.bbox.json``,
 ``scalars.json`` (mmengine's logged losses and learning rate, one line per logged iteration,
-over every resumed part), ``log.txt``, the resolved config (mmengine's copy, named like the
-config file), and the checkpoints (``iter_*.pth``, git-ignored).
+over every resumed part), ``log.txt`` (which prints the resolved config), and, git-ignored, the
+checkpoints (``iter_*.pth``) and mmengine's copy of the config.
 
 The dataset root is ``$FASHION_SCENES`` (default ``datasets/fashion_scenes``, built by
 ``python -m libra_rcnn.data``).
