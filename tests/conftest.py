@@ -11,7 +11,7 @@ import libra_rcnn
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
-from detectron2.engine import default_argument_parser
+from libra_rcnn.engine import argument_parser
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -78,7 +78,7 @@ def require_reference_env():
 
 def args_for(*argv):
     """train_net.py's parsed command line."""
-    return default_argument_parser().parse_args(list(argv))
+    return argument_parser().parse_args(list(argv))
 
 
 def train_net(*argv, datasets_root, timeout=600):

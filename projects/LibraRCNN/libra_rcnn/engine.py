@@ -8,13 +8,14 @@ checkpoints are written atomically (:class:`AtomicCheckpointer`), a resumed run'
 ``metrics.json`` holds each iteration once, and ``--num-gpus N`` also works on a CPU-only
 machine (N processes over gloo).
 """
+import argparse
 import json
 import logging
 import os
 import resource
 import sys
 import weakref
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -36,6 +37,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from . import launch as launcher
 from .checkpoint import AtomicCheckpointer
 from .config import add_libra_config
 from .data.checks import DatasetError, check_image_files, load_train_records
@@ -49,6 +51,11 @@ __all__ = [
     "check_inputs",
     "check_class_names",
     "truncate_metrics",
+    "world_size",
+    "check_world_size",
+    "resume_under_launcher",
+    "launch_checked",
+    "argument_parser",
     "setup",
     "main",
     "run",
@@ -183,6 +190,9 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         if comm.is_main_process():  # before the PeriodicWriter, which Detectron2 puts last
             hooks.insert(len(hooks) - 1, PeakMemoryHook())
+        proc = launcher.detect()
+        if proc is not None and proc.launcher == "slurm":
+            hooks.insert(len(hooks) - 1, launcher.RequeueOnSignal(self.checkpointer, proc.job))
         return hooks
 
     @classmethod
@@ -249,6 +259,8 @@ def check_inputs(cfg: CfgNode, args) -> None:
         raise InputError("--eval-only needs MODEL.WEIGHTS (a checkpoint file)")
     if weights and not is_url and not os.path.isfile(weights):
         raise InputError(f"MODEL.WEIGHTS file {weights} not found")
+    if not args.eval_only:
+        check_world_size(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", args)
     if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type != "cuda":
         raise InputError(
             f"SOLVER.AMP.ENABLED = True needs a CUDA device (Detectron2's AMPTrainer) and MODEL.DEVICE is "
@@ -331,7 +343,7 @@ def main(args):
     for name in cfg.DATASETS.TEST:
         check_image_files(DatasetCatalog.get(name), f"DATASETS.TEST {name!r}")
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=resume_under_launcher(args, cfg.OUTPUT_DIR))
     return trainer.train()
 
 
@@ -344,18 +356,63 @@ def _main_or_exit(args, prog: str):
         sys.exit(2)
 
 
-def launch_checked(check: Callable[[], None], main_func: Callable, args, prog: str, main_args: tuple) -> None:
-    """Run ``check()``, then Detectron2's ``launch`` of ``main_func(*main_args)`` on every process
-    (``args.num_gpus``, ``num_machines``, ``machine_rank``, ``dist_url``).
+def world_size(args) -> int:
+    """The number of training processes: the launcher's (torchrun, srun), else ``--num-gpus`` x
+    ``--num-machines`` (Detectron2's ``launch``)."""
+    proc = launcher.detect()
+    return proc.world_size if proc is not None else args.num_gpus * args.num_machines
 
-    A check that raises :class:`InputError` prints one line, ``prog: error: ...``, and exits with
-    status 2 before any process starts.
+
+def check_world_size(total_batch: int, key: str, args) -> None:
+    """The batch must split evenly over the processes (Detectron2's loaders assert it later).
+
+    Raises:
+        InputError: naming the key, the batch and the number of processes.
+    """
+    size = world_size(args)
+    if total_batch % size:
+        proc = launcher.detect()
+        where = f"{proc.launcher}'s world size" if proc else "--num-gpus x --num-machines"
+        raise InputError(f"{key} = {total_batch} does not split over {size} processes ({where}); "
+                         f"use a multiple of {size}")  # fmt: skip
+
+
+def resume_under_launcher(args, output_dir: str) -> bool:
+    """Whether to resume although ``--resume`` was not given: under torchrun or srun, when
+    ``output_dir`` holds a complete checkpoint (Detectron2's ``last_checkpoint`` file, written
+    after the checkpoint itself), as after an elastic restart or a requeue. Logs why."""
+    proc = launcher.detect()
+    if proc is None or args.resume or args.eval_only or not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        return args.resume
+    with open(os.path.join(output_dir, "last_checkpoint")) as f:
+        name = f.read().strip()
+    logger.info("%s (job %s, restart %d): resuming from %s in %s without --resume",
+                proc.launcher, proc.job, proc.restarts, name, output_dir)  # fmt: skip
+    return True
+
+
+def launch_checked(check: Callable[[], None], main_func: Callable, args, prog: str, main_args: tuple) -> None:
+    """Run ``check()``, then ``main_func(*main_args)`` on every process: in this process when a
+    launcher (torchrun, srun) started it (:mod:`libra_rcnn.launch`: the process groups set up as
+    Detectron2's ``launch`` does), else through Detectron2's ``launch`` (``args.num_gpus``,
+    ``num_machines``, ``machine_rank``, ``dist_url``).
+
+    A check that raises :class:`InputError` (or an unusable launcher environment) prints one
+    line, ``prog: error: ...``, and exits with status 2 before any process starts.
     """
     try:
+        proc = launcher.detect()
         check()
-    except InputError as e:
+        if proc is None and args.num_machines > 1 and args.machine_rank > 0:
+            launcher.wait_for_master(args.dist_url, getattr(args, "connect_timeout", 300.0), "--dist-url")
+        if proc is not None:
+            launcher.init_process_group(proc, connect_timeout=getattr(args, "connect_timeout", 300.0))
+    except (InputError, launcher.LaunchError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if proc is not None:
+        main_func(*main_args)
+        return
     launch(
         main_func,
         args.num_gpus,
@@ -371,9 +428,19 @@ def run(args, prog: str = "train_net.py") -> None:
     launch_checked(lambda: check_inputs(build_config(args), args), _main_or_exit, args, prog, (args, prog))
 
 
+def argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` and ``--connect-timeout SECONDS`` (default 300):
+    how long a process other than the master waits for the master's address (``--dist-url``
+    with ``--machine-rank`` > 0, or SLURM's ``MASTER_ADDR:MASTER_PORT``) before it stops."""
+    parser = default_argument_parser(epilog)
+    parser.add_argument("--connect-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long a non-master process waits for the master's address")  # fmt: skip
+    return parser
+
+
 def cli(prog: str = "python -m libra_rcnn.engine", argv=None) -> None:
-    """Parse Detectron2's command line (``default_argument_parser``) and :func:`run` it."""
-    args = default_argument_parser().parse_args(argv)
+    """Parse the command line (:func:`argument_parser`) and :func:`run` it."""
+    args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     run(args, prog)
 

@@ -22,7 +22,6 @@ from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
     create_ddp_model,
-    default_argument_parser,
     default_setup,
     default_writers,
     hooks,
@@ -31,7 +30,14 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .checkpoint import AtomicCheckpointer
-from .engine import InputError, launch_checked, truncate_metrics
+from .engine import (
+    InputError,
+    argument_parser,
+    check_world_size,
+    launch_checked,
+    resume_under_launcher,
+    truncate_metrics,
+)
 
 __all__ = ["load_config", "check_config", "do_test", "do_train", "main", "cli"]
 
@@ -68,6 +74,7 @@ def load_config(args):
 def check_config(cfg, args) -> None:
     """Check, before any work starts, what would otherwise fail late.
 
+    - the total batch splits over the processes;
     - ``--eval-only`` has a ``train.init_checkpoint``; a local checkpoint file exists;
     - the model builds (on the meta device, so this costs no memory): an override of a key
       that no constructor takes, or a value that a component refuses, fails here.
@@ -75,6 +82,8 @@ def check_config(cfg, args) -> None:
     Raises:
         InputError: naming the key, file or value.
     """
+    if not args.eval_only and "total_batch_size" in cfg.dataloader.train:
+        check_world_size(cfg.dataloader.train.total_batch_size, "dataloader.train.total_batch_size", args)
     weights = cfg.train.init_checkpoint
     if args.eval_only and not weights:
         raise InputError("--eval-only needs train.init_checkpoint=FILE (a checkpoint)")
@@ -128,9 +137,10 @@ def do_train(args, cfg):
             else None,
         ]
     )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    resume = resume_under_launcher(args, cfg.train.output_dir)
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # The checkpoint holds the iteration that had just finished.
-    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if start_iter > 0 and main_process:
         kept = truncate_metrics(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter)
         logger.info("Resuming at iteration %d; kept %d lines of metrics.json", start_iter, kept)
@@ -158,7 +168,7 @@ def cli(prog: str = "python -m libra_rcnn.lazy_train", argv=None) -> None:
     A failed check (:func:`load_config`, :func:`check_config`) prints one line,
     ``prog: error: ...``, and exits with status 2.
     """
-    args = default_argument_parser().parse_args(argv)
+    args = argument_parser().parse_args(argv)
     launch_checked(lambda: check_config(load_config(args), args), main, args, prog, (args,))
 
 

@@ -1,0 +1,166 @@
+"""Launchers: torchrun (two elastic agents on loopback, a killed worker, a job restarted by hand)
+and bad launcher input (libra_rcnn.launch, docs/distributed.md). SLURM: tests/test_slurm.py."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cluster import LOOPBACK, checkpoints, children, free_port, last_checkpoint, starts, stop_group, wait_for
+from conftest import CONFIG, REPO, TINY_CLI, train_net
+from libra_rcnn.launch import LaunchError, detect, wait_for_master
+
+TORCHRUN_ENV = {
+    "TORCHELASTIC_RUN_ID": "job1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+    "MASTER_ADDR": LOOPBACK, "MASTER_PORT": "29500", "TORCHELASTIC_RESTART_COUNT": "2",
+}  # fmt: skip
+SLURM_ENV = {
+    "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
+    "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_JOB_ID": "4242",
+}  # fmt: skip
+
+
+def test_detect_reads_each_launcher():
+    assert detect({}) is None
+    run = detect(TORCHRUN_ENV)
+    assert (run.launcher, run.rank, run.world_size, run.local_world_size, run.restarts) == ("torchrun", 1, 2, 1, 2)
+    job = detect(SLURM_ENV)
+    assert (job.launcher, job.rank, job.world_size, job.local_rank, job.local_world_size) == ("slurm", 3, 4, 1, 2)
+    assert job.master_addr == "node07" and job.master_port == 20000 + 4242 and job.restarts == 0
+    # A batch script's environment without a job step (no srun) is not a launched task.
+    assert detect({k: v for k, v in SLURM_ENV.items() if k != "SLURM_STEP_ID"}) is None
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({**SLURM_ENV, "SLURM_NTASKS": None}, "SLURM_NTASKS is not set"),
+        ({**SLURM_ENV, "SLURM_STEP_TASKS_PER_NODE": "2,1"}, "same number of tasks on every node"),
+        ({**TORCHRUN_ENV, "RANK": "one"}, "RANK = 'one' is not an integer"),
+    ],
+)
+def test_detect_names_the_bad_variable(env, message):
+    with pytest.raises(LaunchError, match=message):
+        detect({k: v for k, v in env.items() if v is not None})
+
+
+def test_wait_for_master_gives_up_in_time():
+    with pytest.raises(LaunchError, match=r"nobody answered at 127\.0\.0\.1:\d+ \(--dist-url\) within 1 s"):
+        wait_for_master(f"tcp://{LOOPBACK}:{free_port()}", 1.0, "--dist-url")
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def _bad_launch(tmp_path, tiny_scenes, env, *extra):
+    out = tmp_path / "out"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), "--config-file", CONFIG, *extra, *TINY_CLI, "OUTPUT_DIR", str(out)],
+        cwd=REPO, env={**clean, **env, "DETECTRON2_DATASETS": str(tiny_scenes), "PYTHONWARNINGS": "ignore"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert not out.exists(), "a refused launch wrote its output folder"
+    return result
+
+
+def test_missing_slurm_variable_fails_in_one_line(tmp_path, tiny_scenes):
+    env = {k: v for k, v in SLURM_ENV.items() if k != "SLURM_NTASKS"}
+    _one_line_error(_bad_launch(tmp_path, tiny_scenes, env), "SLURM_NTASKS is not set")
+
+
+def test_world_size_that_does_not_split_the_batch_fails_in_one_line(tmp_path, tiny_scenes):
+    env = {**TORCHRUN_ENV, "WORLD_SIZE": "3", "RANK": "0"}
+    _one_line_error(_bad_launch(tmp_path, tiny_scenes, env), "SOLVER.IMS_PER_BATCH = 2 does not split over 3 processes")
+
+
+def test_unanswered_master_fails_in_one_line(tmp_path, tiny_scenes):
+    port = free_port()
+    env = {**SLURM_ENV, "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2",
+           "MASTER_ADDR": LOOPBACK, "MASTER_PORT": str(port)}  # fmt: skip
+    _one_line_error(_bad_launch(tmp_path, tiny_scenes, env, "--connect-timeout", "2"),
+                    f"nobody answered at {LOOPBACK}:{port}", "within 2 s")  # fmt: skip
+    by_hand = ["--num-machines", "2", "--machine-rank", "1", "--dist-url", f"tcp://{LOOPBACK}:{port}"]
+    _one_line_error(_bad_launch(tmp_path, tiny_scenes, {}, *by_hand, "--connect-timeout", "2"), "(--dist-url)")
+
+
+# --- torchrun, for real ---------------------------------------------------------------------
+
+MAX_ITER, PERIOD = 60, 10
+
+
+def _agents(port, out, tiny_scenes, max_restarts=1):
+    """Two torchrun agents on loopback, as two machines with one CPU worker each."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{LOOPBACK}:{port}", "--rdzv-id", "libra-test",
+        "--local-addr", LOOPBACK, "--max-restarts", str(max_restarts), "--monitor-interval", "0.5",
+        str(REPO / "train_net.py"), "--config-file", CONFIG, *TINY_CLI,
+        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD), "DATASETS.TEST", "()",
+        "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               GLOO_SOCKET_IFNAME="lo")  # fmt: skip
+    logs = [open(out.parent / f"agent{i}.log", "a") for i in range(2)]
+    return [
+        subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for log in logs
+    ]
+
+
+def _worker(agent) -> int:
+    """The training process that a torchrun agent started."""
+    found = children(agent.pid)
+    assert len(found) == 1, f"agent {agent.pid} has children {found}"
+    return found[0]
+
+
+def test_torchrun_two_agents_survive_a_killed_worker_and_a_restarted_job(tmp_path, tiny_scenes):
+    """Two agents train to the final checkpoint; a worker SIGKILLed after the first checkpoint is
+    restarted by torchrun and resumes from it; the whole job killed later and started again by
+    hand with the same command resumes from the last checkpoint too. No --resume anywhere."""
+    out = tmp_path / "out"
+    out.mkdir()
+    port = free_port()
+    agents = _agents(port, out, tiny_scenes)
+    try:
+        wait_for(lambda: checkpoints(out), 400, "the first checkpoint", alive=agents)
+        killed_after = checkpoints(out)[-1]
+        os.kill(_worker(agents[1]), signal.SIGKILL)
+        wait_for(lambda: len(starts((out / "log.txt").read_text())) == 2, 300, "the restarted group", alive=agents)
+        # The job killed as a whole (both agents and their workers), after a later checkpoint.
+        wait_for(lambda: any(i > killed_after for i in checkpoints(out)), 400, "a checkpoint after the restart",
+                 alive=agents)  # fmt: skip
+    finally:
+        for agent in agents:
+            stop_group(agent)
+    job_killed_after = int(last_checkpoint(out).split("_")[1].split(".")[0])
+    agents = _agents(port, out, tiny_scenes)
+    try:
+        for agent in agents:
+            assert agent.wait(timeout=600) == 0, (out.parent / "agent0.log").read_text()[-3000:]
+    finally:
+        for agent in agents:
+            stop_group(agent)
+    log = (out / "log.txt").read_text()
+    every_rank = "".join(p.read_text() for p in sorted(out.glob("log.txt*")))
+    # Started at 0, resumed after the worker's death at the checkpoint before it, and after the
+    # job's restart at the last checkpoint written: never before the last checkpoint.
+    first_restart = starts(log)[1]
+    assert first_restart in (killed_after + 1, killed_after + 1 + PERIOD), log[-3000:]
+    assert starts(log) == [0, first_restart, job_killed_after + 1], starts(log)
+    assert job_killed_after >= first_restart
+    # torchrun counts restarts per agent: the agent whose worker died says 1, the other 0.
+    assert "torchrun (job libra-test, restart 1): resuming from" in every_rank
+    assert log.count("torchrun (job libra-test, restart 0): resuming from") >= 1
+    assert (out / "model_final.pth").is_file() and last_checkpoint(out) == "model_final.pth"
+    assert checkpoints(out) == list(range(PERIOD - 1, MAX_ITER, PERIOD))
+    print(f"starts {starts(log)}, checkpoints {checkpoints(out)}, worker killed after {killed_after}, "
+          f"job killed after {job_killed_after}")
