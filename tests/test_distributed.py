@@ -1,6 +1,7 @@
 """Launchers: torchrun (two elastic agents on loopback, a killed worker, a job restarted by hand)
 and bad launcher input (libra_rcnn.launch, docs/distributed.md). SLURM: tests/test_slurm.py."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import sys
 import pytest
 
 from cluster import LOOPBACK, checkpoints, children, free_port, last_checkpoint, starts, stop_group, wait_for
-from conftest import CONFIG, REPO, TINY_CLI, train_net
+from conftest import CONFIG, REPO, TINY_CLI
+from test_lazy_config import RCNN_1X, small_overrides
 from libra_rcnn.launch import LaunchError, detect, wait_for_master
 
 TORCHRUN_ENV = {
@@ -164,3 +166,41 @@ def test_torchrun_two_agents_survive_a_killed_worker_and_a_restarted_job(tmp_pat
     assert checkpoints(out) == list(range(PERIOD - 1, MAX_ITER, PERIOD))
     print(f"starts {starts(log)}, checkpoints {checkpoints(out)}, worker killed after {killed_after}, "
           f"job killed after {job_killed_after}")
+
+
+def test_lazy_train_net_under_torchrun(tmp_path, tiny_scenes):
+    """lazy_train_net.py joins the two workers that one torchrun agent started, trains to its final
+    checkpoint, and, run again with a larger train.max_iter, resumes from it without --resume."""
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(REPO / "lazy_train_net.py"), "--config-file", RCNN_1X,
+        *small_overrides(RCNN_1X, "fashion_scenes_train", "fashion_scenes_val"),
+        "optimizer.lr=0.002", "train.checkpointer.period=2", "train.eval_period=0", f"train.output_dir={out}",
+    ]  # fmt: skip
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    for max_iter in (4, 6):
+        agent = subprocess.Popen([*command, f"train.max_iter={max_iter}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        try:
+            output, _ = agent.communicate(timeout=600)
+        finally:
+            stop_group(agent)
+        assert agent.returncode == 0, output[-3000:]
+    log = (out / "log.txt").read_text()
+    assert starts(log) == [0, 4], log[-3000:]
+    assert re.search(r"torchrun \(job \S+, restart 0\): resuming from model_final.pth", log)
+    assert (out / "log.txt.rank1").is_file()  # two processes
+
+
+def test_lazy_world_size_that_does_not_split_the_batch(monkeypatch, capsys, tiny_scenes):
+    from libra_rcnn.lazy_train import cli
+
+    for key, value in {**TORCHRUN_ENV, "WORLD_SIZE": "3", "RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exit_info:
+        cli("lazy_train_net.py", ["--config-file", RCNN_1X, *small_overrides(RCNN_1X)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("lazy_train_net.py: error: dataloader.train.total_batch_size = 2 does not split over 3 "
+                   "processes (torchrun's world size); use a multiple of 3")  # fmt: skip

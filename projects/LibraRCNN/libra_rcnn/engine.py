@@ -190,9 +190,9 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         if comm.is_main_process():  # before the PeriodicWriter, which Detectron2 puts last
             hooks.insert(len(hooks) - 1, PeakMemoryHook())
-        proc = launcher.detect()
-        if proc is not None and proc.launcher == "slurm":
-            hooks.insert(len(hooks) - 1, launcher.RequeueOnSignal(self.checkpointer, proc.job))
+        requeue = launcher.requeue_hook(self.checkpointer)
+        if requeue is not None:  # SLURM: checkpoint and requeue on the warning signal
+            hooks.insert(len(hooks) - 1, requeue)
         return hooks
 
     @classmethod

@@ -28,7 +28,15 @@ import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = ["LaunchError", "LaunchedProcess", "detect", "wait_for_master", "init_process_group", "RequeueOnSignal"]
+__all__ = [
+    "LaunchError",
+    "LaunchedProcess",
+    "detect",
+    "wait_for_master",
+    "init_process_group",
+    "RequeueOnSignal",
+    "requeue_hook",
+]
 
 logger = logging.getLogger("libra_rcnn")
 
@@ -285,3 +293,9 @@ class RequeueOnSignal(HookBase):
                 logger.error("scontrol requeue %s failed: %s", self.job, done.stderr.strip())
         comm.synchronize()
         raise SystemExit(0)
+
+
+def requeue_hook(checkpointer) -> Optional[RequeueOnSignal]:
+    """:class:`RequeueOnSignal` for a process that srun started, else None."""
+    proc = detect()
+    return RequeueOnSignal(checkpointer, proc.job) if proc is not None and proc.launcher == "slurm" else None

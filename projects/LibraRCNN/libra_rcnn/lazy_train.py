@@ -28,6 +28,7 @@ from detectron2.engine import (
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .checkpoint import AtomicCheckpointer
 from .engine import (
@@ -38,6 +39,7 @@ from .engine import (
     resume_under_launcher,
     truncate_metrics,
 )
+from .launch import requeue_hook
 
 __all__ = ["load_config", "check_config", "do_test", "do_train", "main", "cli"]
 
@@ -132,6 +134,7 @@ def do_train(args, cfg):
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            requeue_hook(checkpointer),  # SLURM: checkpoint and requeue on the warning signal
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main_process
             else None,
@@ -152,6 +155,7 @@ def main(args):
     """Train, or with ``--eval-only`` evaluate ``train.init_checkpoint``; returns the metrics (eval only)."""
     cfg = load_config(args)
     default_setup(cfg, args)
+    setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="libra_rcnn")
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)

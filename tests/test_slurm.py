@@ -1,0 +1,137 @@
+"""SLURM for real: a one-node cluster (munged, slurmctld, slurmd from Debian's slurm-wlm and munge,
+scripts/setup_slurm.sh installs them) started in a temporary folder on loopback, a 2-task job of
+scripts/slurm_train.sbatch, warned mid-run as at its time limit, requeued and resumed."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster import LOOPBACK, checkpoints, free_port, last_checkpoint, starts, stop_group, wait_for
+from conftest import CONFIG, REPO, TINY_CLI
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def _require_slurm():
+    missing = [d for d in DAEMONS if not (shutil.which(d) or os.path.exists(f"/usr/sbin/{d}"))]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed: run scripts/setup_slurm.sh (as root)"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (.ci/run does; the SLURM tests must not skip in CI)")
+    pytest.skip(message)
+
+
+def _conf(folder: Path, host: str) -> str:
+    return f"""ClusterName=libra-test
+SlurmctldHost={host}({LOOPBACK})
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={folder}/munge.socket
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={folder}/jobcomp.txt
+MpiDefault=none
+ReturnToService=2
+NodeName={host} NodeAddr={LOOPBACK} CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running one-node SLURM; yields the environment for its client commands. Its own munge
+    key and socket, its own ports, all state in a temporary folder; every daemon stopped by id."""
+    _require_slurm()
+    folder = tmp_path_factory.mktemp("slurm")
+    (folder / "state").mkdir()
+    (folder / "spool").mkdir()
+    key = folder / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    host = socket.gethostname().split(".")[0]
+    (folder / "slurm.conf").write_text(_conf(folder, host))
+    env = dict(os.environ, SLURM_CONF=str(folder / "slurm.conf"))
+    daemons = []
+    try:
+        munged = [
+            "munged", "--force", "--foreground", f"--socket={folder}/munge.socket", f"--key-file={key}",
+            f"--pid-file={folder}/munged.pid", f"--log-file={folder}/munged.log", f"--seed-file={folder}/munged.seed",
+        ]  # fmt: skip
+        for command in (munged, ["slurmctld", "-D", "-f", env["SLURM_CONF"]], ["slurmd", "-D", "-f", env["SLURM_CONF"]]):
+            log = open(folder / f"{command[0]}.out", "w")
+            daemons.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            if command[0] == "munged":
+                wait_for(lambda: (folder / "munge.socket").exists(), 30, "munged's socket", alive=daemons)
+
+        def idle():
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True, timeout=30)
+            return out.stdout.strip() == "idle"
+
+        wait_for(idle, 60, "the node to be idle", alive=daemons)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "--quiet", "--partition", "debug"], env=env, capture_output=True, timeout=30)
+        for daemon in reversed(daemons):
+            stop_group(daemon)
+
+
+def _job(env, job: str) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True, timeout=30)
+    return dict(re.findall(r"(\w+)=(\S+)", out.stdout))
+
+
+def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_path, tiny_scenes):
+    out = tmp_path / "out"
+    log = tmp_path / "job.log"
+    env = dict(slurm, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               PYTHON=sys.executable, MASTER_ADDR=LOOPBACK, MASTER_PORT=str(free_port()),
+               GLOO_SOCKET_IFNAME="lo")  # fmt: skip
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}",
+         str(REPO / "scripts/slurm_train.sbatch"), "--config-file", CONFIG, *TINY_CLI,
+         "SOLVER.MAX_ITER", "80", "SOLVER.CHECKPOINT_PERIOD", "10", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+    wait_for(lambda: checkpoints(out) or _job(slurm, job).get("JobState") in ended, 300, "the first checkpoint")
+    assert checkpoints(out), (_job(slurm, job), log.read_text()[-3000:] if log.exists() else "")
+    # The time-limit warning, now: sbatch --signal sends it to every task of the job's steps.
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True, timeout=30)
+    wait_for(lambda: _job(slurm, job).get("Restarts") == "1", 120, "the job to requeue itself")
+    warned_at = int(re.search(r"SIGUSR1 at iteration (\d+)", log.read_text()).group(1))
+    assert last_checkpoint(out) == f"model_{warned_at:07d}.pth"
+    # Slurm holds a requeued job back for a while (BeginTime); start it at once.
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True, timeout=30)
+    wait_for(lambda: _job(slurm, job).get("JobState") in ended, 400, "the requeued job to finish")
+    info = _job(slurm, job)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text[-3000:])
+    assert f"job {job} run 1" in text and f"job {job} run 2" in text
+    assert f"slurm (job {job}, restart 1): resuming from model_{warned_at:07d}.pth" in text
+    assert starts((out / "log.txt").read_text()) == [0, warned_at + 1]
+    assert last_checkpoint(out) == "model_final.pth"
+    print(f"job {job}: warned at iteration {warned_at}, resumed at {warned_at + 1}; {info['JobState']}, "
+          f"Restarts={info['Restarts']}; checkpoints {checkpoints(out)}")  # fmt: skip
