@@ -360,7 +360,7 @@ def world_size(args) -> int:
     """The number of training processes: the launcher's (torchrun, srun), else ``--num-gpus`` x
     ``--num-machines`` (Detectron2's ``launch``)."""
     proc = launcher.detect()
-    return proc.world_size if proc is not None else args.num_gpus * args.num_machines
+    return proc.world_size if proc is not None else getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1)
 
 
 def check_world_size(total_batch: int, key: str, args) -> None:
