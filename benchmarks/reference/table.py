@@ -38,6 +38,16 @@ MODELS = [
     ("Libra RetinaNet", "libra_retinanet_R_18_FPN_GN", "libra_retinanet_R_18_FPN_GN"),
 ]
 GAINS = [("Libra R-CNN", "Faster R-CNN"), ("Libra RetinaNet", "RetinaNet")]
+# One difference between the frameworks at a time, for Libra R-CNN: (difference, framework, run
+# folder of the default, run folder with the difference changed, what the change is).
+DIFFERENCES = [
+    ("RPN: negatives per positive bounded at 5", "mmdetection", "libra_rcnn_R_18_FPN_GN",
+     "libra_rcnn_R_18_FPN_GN_rpn_neg_pos_ub_off", "bound removed (neg_pos_ub=-1, as Detectron2's RPN)"),
+    ("RPN: negatives per positive bounded at 5", "ours", "table2_l1_d_balanced_l1", "rpn_neg_pos_ub_5",
+     "bound added (MODEL.LIBRA.RPN.NEG_POS_UB 5, as mmdetection's config)"),
+    ("IoU-balanced sampling: mmdetection's binning", "ours", "table2_l1_d_balanced_l1", "sampler_binning_mmdet",
+     "mmdetection's IoU bins (MODEL.LIBRA.SAMPLER.BINNING mmdet)"),
+]  # fmt: skip
 
 
 def _seeds(folder: Path) -> List[Path]:
@@ -111,12 +121,41 @@ def training_table(runs) -> (str, dict):
     return "\n".join(lines) + "\n", data
 
 
+def _aps(folder: Path, theirs: bool) -> Dict[int, float]:
+    out = {}
+    for run in _seeds(folder):
+        r = json.loads((run / "result.json").read_text())
+        out[int(r["seed"])] = r["box_ap"]["AP"] if theirs else r["AP"]
+    return out
+
+
+def differences_table(ours_root: Path, theirs_root: Path) -> (str, dict):
+    """Markdown and JSON: Libra R-CNN with one difference between the frameworks changed, in the
+    framework named, against the same framework's default (Welch's t-test over seeds)."""
+    lines = ["| difference | in | change | default, AP per seed | changed, AP per seed | changed − default (Welch) "
+             "| beyond noise |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    data = {}
+    for name, framework, default, changed, what in DIFFERENCES:
+        root = theirs_root if framework == "mmdetection" else ours_root
+        a, b = _aps(root / default, framework == "mmdetection"), _aps(root / changed, framework == "mmdetection")
+        if not b:
+            continue
+        diff = welch_difference(list(b.values()), list(a.values())) if a else {"mean": math.nan, "beyond_noise": None}
+        data[f"{name} ({framework})"] = {"default": a, "changed": b, "difference": diff}
+        def runs_text(v):
+            return " / ".join(f"{v[k]:.1f}" for k in sorted(v)) + f" ({_fmt(_mean_std(list(v.values())))})"
+        lines.append(f"| {name} | {framework} | {what} | {runs_text(a)} | {runs_text(b)} | "
+                     f"{diff['mean']:+.1f} | {_verdict(diff)} |")  # fmt: skip
+    return "\n".join(lines) + "\n", data
+
+
 def weights_table(theirs_root: Path) -> (str, dict):
     """Markdown and JSON of the trained-weights comparison (comparison.json of each run)."""
     lines = ["| mmdetection run | CocoMetric AP (printed) | evaluated by | " + " | ".join(METRICS) + " |",
              "|---|---|---|" + "---|" * len(METRICS)]  # fmt: skip
     details = ["", "| mmdetection run | detections (mmdetection / ours) | matched one to one | largest box "
-               "difference (px) | largest score difference | unmatched |", "|---|---|---|---|---|---|"]  # fmt: skip
+               "difference (px) | largest score difference | unmatched | identical (< 0.01 px) | identical, boxes "
+               "clipped before NMS |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     data = {}
     for _, theirs, _ in MODELS:
         for run in _seeds(theirs_root / theirs):
@@ -133,9 +172,14 @@ def weights_table(theirs_root: Path) -> (str, dict):
                          + " | ".join(f"{c['detectron2'][k]:.2f}" for k in METRICS) + " |")  # fmt: skip
             lines.append("| | | difference | " + " | ".join(f"{c['difference'][k]:+.3f}" for k in METRICS) + " |")
             d = c["detections"]
+            residuals = json.loads((run / "residuals.json").read_text()) if (run / "residuals.json").is_file() else {}
+            identical = [str(residuals[k]["identical"]) if k in residuals else "—"
+                         for k in ("as_evaluated", "clipped_before_nms")]  # fmt: skip
             details.append(f"| {name} | {d['mmdetection_detections']} / {d['detectron2_detections']} | {d['matched']} "
                            f"| {d['max_box_diff_px']:.2g} | {d['max_score_diff']:.2g} | "
-                           f"{d['unmatched_mmdetection']} / {d['unmatched_detectron2']} |")  # fmt: skip
+                           f"{d['unmatched_mmdetection']} / {d['unmatched_detectron2']} | {' | '.join(identical)} |")  # fmt: skip
+            if residuals:
+                data[name]["residuals"] = residuals
     return "\n".join(lines + details) + "\n", data
 
 
@@ -208,10 +252,12 @@ def main(argv=None) -> int:
     runs = load_runs(ours_root, theirs_root)
     training, training_data = training_table(runs)
     weights, weights_data = weights_table(theirs_root)
+    differences, differences_data = differences_table(ours_root, theirs_root)
     text = "## Training equivalence (box AP, FashionScenes val)\n\n" + training + \
+        "\n## Libra R-CNN, one difference at a time\n\n" + differences + \
         "\n## Trained weights: mmdetection's evaluation and ours\n\n" + weights  # fmt: skip
     (theirs_root / "equivalence.md").write_text(text)
-    (theirs_root / "equivalence.json").write_text(json.dumps({"training": training_data, "weights": weights_data},
+    (theirs_root / "equivalence.json").write_text(json.dumps({"training": training_data, "differences": differences_data, "weights": weights_data},
                                                              indent=1, default=str) + "\n")  # fmt: skip
     plot_losses(ours_root, theirs_root, theirs_root / "loss_curves.png")
     if args.update_docs:
