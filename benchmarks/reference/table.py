@@ -34,10 +34,13 @@ REPO = Path(__file__).resolve().parents[2]
 MODELS = [
     ("Faster R-CNN", "faster_rcnn_R_18_FPN_GN", "table2_l1_a_baseline"),
     ("Libra R-CNN", "libra_rcnn_R_18_FPN_GN", "table2_l1_d_balanced_l1"),
+    # ours with the RPN sampling of the reference's Libra config (neg_pos_ub=5), as mmdetection trains
+    ("Libra R-CNN, RPN as the reference", "libra_rcnn_R_18_FPN_GN", "rpn_neg_pos_ub_5"),
     ("RetinaNet", "retinanet_R_18_FPN_GN", "retinanet_R_18_FPN_GN"),
     ("Libra RetinaNet", "libra_retinanet_R_18_FPN_GN", "libra_retinanet_R_18_FPN_GN"),
 ]
-GAINS = [("Libra R-CNN", "Faster R-CNN"), ("Libra RetinaNet", "RetinaNet")]
+GAINS = [("Libra R-CNN", "Faster R-CNN"), ("Libra R-CNN, RPN as the reference", "Faster R-CNN"),
+         ("Libra RetinaNet", "RetinaNet")]
 # One difference between the frameworks at a time, for Libra R-CNN: (difference, framework, run
 # folder of the default, run folder with the difference changed, what the change is).
 DIFFERENCES = [
@@ -157,7 +160,7 @@ def weights_table(theirs_root: Path) -> (str, dict):
                "difference (px) | largest score difference | unmatched | identical (< 0.01 px) | identical, boxes "
                "clipped before NMS |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     data = {}
-    for _, theirs, _ in MODELS:
+    for theirs in dict.fromkeys(theirs for _, theirs, _ in MODELS):
         for run in _seeds(theirs_root / theirs):
             file = run / "comparison.json"
             if not file.is_file():
