@@ -123,8 +123,18 @@ def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_pa
     wait_for(lambda: _job(slurm, job).get("Restarts") == "1", 120, "the job to requeue itself")
     warned_at = int(re.search(r"SIGUSR1 at iteration (\d+)", log.read_text()).group(1))
     assert last_checkpoint(out) == f"model_{warned_at:07d}.pth"
-    # Slurm holds a requeued job back for a while (BeginTime); start it at once.
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True, timeout=30)
+    # Slurm holds a requeued job back for about 2 minutes (BeginTime, set once the requeue is
+    # done: the job passes through REQUEUED and CANCELLED first); start it at once, again until
+    # it has left PENDING.
+    wait_for(lambda: _job(slurm, job).get("JobState") == "PENDING", 60, "the requeued job to be pending")
+
+    def started():
+        if _job(slurm, job).get("JobState") != "PENDING":
+            return True
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, timeout=30)
+        return False
+
+    wait_for(started, 120, "the requeued job to start", interval=2)
     wait_for(lambda: _job(slurm, job).get("JobState") in ended, 400, "the requeued job to finish")
     info = _job(slurm, job)
     text = log.read_text()
