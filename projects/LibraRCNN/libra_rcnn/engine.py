@@ -343,7 +343,7 @@ def main(args):
     for name in cfg.DATASETS.TEST:
         check_image_files(DatasetCatalog.get(name), f"DATASETS.TEST {name!r}")
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=resume_under_launcher(args, cfg.OUTPUT_DIR))
+    trainer.resume_or_load(resume=resume_under_launcher(args, trainer.checkpointer))
     return trainer.train()
 
 
@@ -356,10 +356,10 @@ def _main_or_exit(args, prog: str):
         sys.exit(2)
 
 
-def world_size(args) -> int:
-    """The number of training processes: the launcher's (torchrun, srun), else ``--num-gpus`` x
-    ``--num-machines`` (Detectron2's ``launch``)."""
-    proc = launcher.detect()
+def world_size(args, proc: Optional[launcher.LaunchedProcess] = None) -> int:
+    """The number of training processes: the launcher's (``proc``, else :func:`launch.detect`:
+    torchrun, srun), else ``--num-gpus`` x ``--num-machines`` (Detectron2's ``launch``)."""
+    proc = proc or launcher.detect()
     return proc.world_size if proc is not None else getattr(args, "num_gpus", 1) * getattr(args, "num_machines", 1)
 
 
@@ -369,25 +369,23 @@ def check_world_size(total_batch: int, key: str, args) -> None:
     Raises:
         InputError: naming the key, the batch and the number of processes.
     """
-    size = world_size(args)
+    proc = launcher.detect()
+    size = world_size(args, proc)
     if total_batch % size:
-        proc = launcher.detect()
         where = f"{proc.launcher}'s world size" if proc else "--num-gpus x --num-machines"
         raise InputError(f"{key} = {total_batch} does not split over {size} processes ({where}); "
                          f"use a multiple of {size}")  # fmt: skip
 
 
-def resume_under_launcher(args, output_dir: str) -> bool:
-    """Whether to resume although ``--resume`` was not given: under torchrun or srun, when
-    ``output_dir`` holds a complete checkpoint (Detectron2's ``last_checkpoint`` file, written
+def resume_under_launcher(args, checkpointer: DetectionCheckpointer) -> bool:
+    """Whether to resume although ``--resume`` was not given: under torchrun or srun, when the
+    checkpointer's folder holds a complete checkpoint (its ``last_checkpoint`` file, written
     after the checkpoint itself), as after an elastic restart or a requeue. Logs why."""
     proc = launcher.detect()
-    if proc is None or args.resume or args.eval_only or not os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+    if proc is None or args.resume or args.eval_only or not checkpointer.has_checkpoint():
         return args.resume
-    with open(os.path.join(output_dir, "last_checkpoint")) as f:
-        name = f.read().strip()
-    logger.info("%s (job %s, restart %d): resuming from %s in %s without --resume",
-                proc.launcher, proc.job, proc.restarts, name, output_dir)  # fmt: skip
+    logger.info("%s (job %s, restart %d): resuming from %s in %s without --resume", proc.launcher, proc.job,
+                proc.restarts, os.path.basename(checkpointer.get_checkpoint_file()), checkpointer.save_dir)  # fmt: skip
     return True
 
 
@@ -400,13 +398,14 @@ def launch_checked(check: Callable[[], None], main_func: Callable, args, prog: s
     A check that raises :class:`InputError` (or an unusable launcher environment) prints one
     line, ``prog: error: ...``, and exits with status 2 before any process starts.
     """
+    connect_timeout = getattr(args, "connect_timeout", launcher.CONNECT_TIMEOUT)
     try:
         proc = launcher.detect()
         check()
         if proc is None and args.num_machines > 1 and args.machine_rank > 0:
-            launcher.wait_for_master(args.dist_url, getattr(args, "connect_timeout", 300.0), "--dist-url")
+            launcher.wait_for_master(args.dist_url, connect_timeout, "--dist-url")
         if proc is not None:
-            launcher.init_process_group(proc, connect_timeout=getattr(args, "connect_timeout", 300.0))
+            launcher.init_process_group(proc, connect_timeout=connect_timeout)
     except (InputError, launcher.LaunchError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -433,7 +432,7 @@ def argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
     how long a process other than the master waits for the master's address (``--dist-url``
     with ``--machine-rank`` > 0, or SLURM's ``MASTER_ADDR:MASTER_PORT``) before it stops."""
     parser = default_argument_parser(epilog)
-    parser.add_argument("--connect-timeout", type=float, default=300.0, metavar="SECONDS",
+    parser.add_argument("--connect-timeout", type=float, default=launcher.CONNECT_TIMEOUT, metavar="SECONDS",
                         help="how long a non-master process waits for the master's address")  # fmt: skip
     return parser
 

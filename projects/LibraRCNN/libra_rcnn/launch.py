@@ -12,6 +12,7 @@ checkpoint of its ``OUTPUT_DIR`` (an elastic restart, a requeued or resubmitted 
 --signal``) into a checkpoint and a requeue. docs/distributed.md.
 """
 import datetime
+import functools
 import logging
 import os
 import re
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("libra_rcnn")
+# Seconds a process other than the master waits for the master's address (``--connect-timeout``).
+CONNECT_TIMEOUT = 300.0
 
 
 class LaunchError(ValueError):
@@ -96,6 +99,7 @@ def _tasks_per_node(value: str, name: str) -> int:
     return counts.pop()
 
 
+@functools.lru_cache(maxsize=None)
 def _first_host(nodelist: str) -> str:
     """The first host of a SLURM node list (``scontrol show hostnames``, or ``host[1-3]`` parsed)."""
     try:
@@ -219,7 +223,7 @@ def _round_store(proc: LaunchedProcess, connect_timeout: float, timeout: datetim
 
 def init_process_group(
     proc: LaunchedProcess,
-    connect_timeout: float = 300.0,
+    connect_timeout: float = CONNECT_TIMEOUT,
     timeout: datetime.timedelta = datetime.timedelta(minutes=30),
 ) -> None:
     """What Detectron2's ``launch`` does in each process it starts, for one started by ``proc.launcher``:

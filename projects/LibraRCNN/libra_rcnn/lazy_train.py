@@ -140,7 +140,7 @@ def do_train(args, cfg):
             else None,
         ]
     )
-    resume = resume_under_launcher(args, cfg.train.output_dir)
+    resume = resume_under_launcher(args, checkpointer)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # The checkpoint holds the iteration that had just finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
