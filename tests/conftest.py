@@ -16,6 +16,8 @@ from libra_rcnn.engine import argument_parser
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 ALL_CONFIGS = sorted(str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("Base-"))
+# LazyConfigs (Python), without the shared pieces under configs/common.
+LAZY_CONFIGS = sorted(str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.py") if "common" not in p.parts)
 
 # Small sizes that keep every config's training step quick on a CPU.
 SMALL_OVERRIDES = [

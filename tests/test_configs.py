@@ -1,14 +1,18 @@
 """Every config in configs/ builds a model and runs one training step (with small sizes)."""
+import re
+
 import pytest
+import yaml
 import torch
 
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from libra_rcnn.ablation import config_settings
 
-from conftest import ALL_CONFIGS, SMALL_OVERRIDES, load_cfg
+from conftest import ALL_CONFIGS, CONFIGS, LAZY_CONFIGS, SMALL_OVERRIDES, load_cfg
 
 
 def test_configs_are_found():
@@ -57,6 +61,45 @@ def test_paper_settings(config_file, backbone, heads, loss):
     assert (cfg.MODEL.LIBRA.BALANCED_L1.ALPHA, cfg.MODEL.LIBRA.BALANCED_L1.GAMMA) == (0.5, 1.5)
 
 
+def _rpn_of(config_file):
+    """The proposal generator and its bound, as the config resolves them (None for one-stage models)."""
+    if config_file.endswith(".py"):
+        model = instantiate(LazyConfig.load(config_file).model)
+        rpn = getattr(model, "proposal_generator", None)
+        return None if rpn is None else (type(rpn).__name__, getattr(rpn, "neg_pos_ub", -1.0))
+    cfg = load_cfg(config_file)
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        return None
+    return cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.LIBRA.RPN.NEG_POS_UB
+
+
+LIBRA_RCNN_CONFIGS = [p for p in ALL_CONFIGS + LAZY_CONFIGS if re.search(r"/libra[_-](rcnn|faster-rcnn)[^/]*$", p)]
+BASELINE_CONFIGS = [p for p in ALL_CONFIGS if re.search(r"/faster[_-]rcnn[^/]*$", p)]
+
+
+def test_rpn_configs_are_found():
+    assert "configs/COCO-Detection/libra_rcnn_R_50_FPN_100ep_LSJ.py" in LIBRA_RCNN_CONFIGS
+    assert "configs/COCO-Detection/mmdet/libra-faster-rcnn_r50_fpn_1x_coco.yaml" in LIBRA_RCNN_CONFIGS
+    assert "configs/FashionScenes/libra_rcnn_R_18_FPN_GN_giou.yaml" in LIBRA_RCNN_CONFIGS
+    assert "configs/COCO-Detection/mmdet/faster-rcnn_r50_fpn_1x_coco.yaml" in BASELINE_CONFIGS
+    assert len(LIBRA_RCNN_CONFIGS) == 11 and len(BASELINE_CONFIGS) == 5
+
+
+@pytest.mark.parametrize("config_file", LIBRA_RCNN_CONFIGS)
+def test_libra_rcnn_trains_with_the_authors_rpn_sampling(config_file):
+    assert _rpn_of(config_file) == ("LibraRPN", 5.0)
+
+
+@pytest.mark.parametrize("config_file", BASELINE_CONFIGS)
+def test_faster_rcnn_baselines_keep_detectron2s_rpn(config_file):
+    assert _rpn_of(config_file) == ("RPN", -1.0)
+
+
+def test_one_stage_configs_have_no_rpn():
+    one_stage = [p for p in ALL_CONFIGS if re.search(r"/(libra_)?retinanet|fsaf", p)]
+    assert len(one_stage) >= 10 and all(_rpn_of(p) is None for p in one_stage)
+
+
 def _diff(config_file, reference_file):
     """The keys (but OUTPUT_DIR) whose value differs between two configs, with config_file's value."""
     a, b = config_settings(load_cfg(config_file)), config_settings(load_cfg(reference_file))
@@ -65,17 +108,22 @@ def _diff(config_file, reference_file):
 
 # The paper's baseline box losses (METHODS.md §4): smooth L1, beta 1/9 in the RPN, 1.0 in the RoI head.
 PAPER_LOSSES = {"MODEL.RPN.SMOOTH_L1_BETA": 1 / 9, "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": 1.0}
+# The RPN sampling of the authors' Libra config (Libra R-CNN's default), and Detectron2's RPN.
+RPN_BOUND = {"MODEL.PROPOSAL_GENERATOR.NAME": "LibraRPN", "MODEL.LIBRA.RPN.NEG_POS_UB": 5.0}
+RPN_OFF = {"MODEL.PROPOSAL_GENERATOR.NAME": "RPN", "MODEL.LIBRA.RPN.NEG_POS_UB": -1.0}
 TABLE2_ROWS = {  # row: (reference config, keys switched on top of it)
     "table2_smooth_l1_a_baseline": ("faster_rcnn", PAPER_LOSSES),
     "table2_smooth_l1_b_iou_sampling": ("faster_rcnn", {**PAPER_LOSSES, "MODEL.ROI_HEADS.NAME": "LibraROIHeads"}),
     "table2_smooth_l1_c_iou_sampling_bfp": ("faster_rcnn", {
         **PAPER_LOSSES, "MODEL.ROI_HEADS.NAME": "LibraROIHeads", "MODEL.BACKBONE.NAME": "build_bfp_backbone"}),
-    "table2_smooth_l1_d_balanced_l1": ("libra_rcnn", PAPER_LOSSES),
+    "table2_smooth_l1_d_balanced_l1": ("libra_rcnn", {**PAPER_LOSSES, **RPN_OFF}),
+    "table2_smooth_l1_e_rpn_bound": ("libra_rcnn", PAPER_LOSSES),
+    "table2_smooth_l1_a_baseline_rpn_bound": ("faster_rcnn", {**PAPER_LOSSES, **RPN_BOUND}),
     "table2_l1_a_baseline": ("faster_rcnn", {}),
     "table2_l1_b_iou_sampling": ("faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads"}),
     "table2_l1_c_iou_sampling_bfp": (
         "faster_rcnn", {"MODEL.ROI_HEADS.NAME": "LibraROIHeads", "MODEL.BACKBONE.NAME": "build_bfp_backbone"}),
-    "table2_l1_d_balanced_l1": ("libra_rcnn", {}),
+    "table2_l1_d_balanced_l1": ("libra_rcnn", RPN_OFF),
     "bfp_refine_none": ("libra_rcnn", {"MODEL.LIBRA.BFP.REFINE_TYPE": "none"}),
     "bfp_refine_conv": ("libra_rcnn", {"MODEL.LIBRA.BFP.REFINE_TYPE": "conv"}),
     "bfp_refine_non_local": ("libra_rcnn", {}),
@@ -84,7 +132,7 @@ TABLE2_ROWS = {  # row: (reference config, keys switched on top of it)
     "sampler_bins_5": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.NUM_BINS": 5}),
     "sampler_binning_paper": ("libra_rcnn", {}),
     "sampler_binning_mmdet": ("libra_rcnn", {"MODEL.LIBRA.SAMPLER.BINNING": "mmdet"}),
-    "rpn_neg_pos_ub_5": ("libra_rcnn", {"MODEL.PROPOSAL_GENERATOR.NAME": "LibraRPN", "MODEL.LIBRA.RPN.NEG_POS_UB": 5.0}),
+    "rpn_neg_pos_ub_off": ("libra_rcnn", RPN_OFF),
 }  # fmt: skip
 FAMILIES = {"COCO-Detection": "R_50_FPN_1x", "FashionScenes": "R_18_FPN_GN"}
 
@@ -116,3 +164,22 @@ def test_fashion_scenes_retinanet_variants(config_file, switched):
     assert _diff(config_file, "configs/FashionScenes/retinanet_R_18_FPN_GN.yaml") == switched
     cfg = load_cfg(config_file)
     assert (cfg.MODEL.LIBRA.BFP.REFINE_LEVEL, cfg.MODEL.LIBRA.BALANCED_L1.BETA) == (1, 0.11)
+
+
+def test_config_files_have_no_duplicate_keys():
+    """A key given twice in one mapping is silently overwritten by YAML: refuse it."""
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        assert not twice, f"{node.start_mark}: {twice} given twice"
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    files = sorted(CONFIGS.rglob("*.yaml"))
+    assert len(files) > 60
+    for path in files:
+        yaml.load(path.read_text(), Strict)

@@ -12,12 +12,11 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from libra_rcnn import BalancedFeaturePyramid, LibraRetinaNet, LibraROIHeads
+from libra_rcnn import BalancedFeaturePyramid, LibraRetinaNet, LibraROIHeads, LibraRPN
 from libra_rcnn.lazy_train import cli, load_config
 
-from conftest import CONFIGS, REPO, args_for, load_cfg
+from conftest import CONFIGS, LAZY_CONFIGS, REPO, args_for, load_cfg
 
-LAZY_CONFIGS = sorted(str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.py") if "common" not in p.parts)
 RCNN_1X = "configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.py"
 RETINANET_1X = "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.py"
 LSJ = "configs/COCO-Detection/libra_rcnn_R_50_FPN_100ep_LSJ.py"
@@ -113,6 +112,8 @@ def test_lazy_config_builds_the_yaml_configs_model(lazy_file, yaml_file):
         assert lazy_box.balanced_l1 == yaml_box.balanced_l1
         assert lazy_box.box_reg_loss_type == yaml_box.box_reg_loss_type == "balanced_l1"
         assert lazy.roi_heads.mask_on is False
+        assert type(lazy.proposal_generator) is type(yaml.proposal_generator) is LibraRPN
+        assert lazy.proposal_generator.neg_pos_ub == yaml.proposal_generator.neg_pos_ub == 5.0
 
 
 def test_component_keys_are_overridable():

@@ -126,6 +126,17 @@ def test_the_written_config_names_what_it_mirrors(converted):
     assert "DEPTH: 34  # model.backbone.depth" in text or "DEPTH: 34  # weights:" in text
     assert "NMS_THRESH_TEST: 0.5  # model.test_cfg.rcnn.nms.iou_threshold" in text
     assert "Assumed" not in text
+    # The RPN samples anchors as the checkpoint was trained: mmdetection's Libra config bounds them.
+    assert (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.LIBRA.RPN.NEG_POS_UB) == ("LibraRPN", 5.0)
+    assert "NEG_POS_UB: 5.0  # model.train_cfg.rpn.sampler.neg_pos_ub" in text
+
+
+def test_the_written_config_keeps_an_unbounded_rpn_sampler(mmdet_env, tmp_path):
+    config, changes, classes = LAYOUTS["libra-rcnn_r18-gn_fpn64"]
+    cfg = mmdet_config(config, {**changes, "model.train_cfg.rpn.sampler.neg_pos_ub": -1})
+    weights = save_and_convert(build_mmdet(cfg), tmp_path, cfg, classes)
+    written = load_cfg(weights.with_suffix(".yaml"))
+    assert (written.MODEL.PROPOSAL_GENERATOR.NAME, written.MODEL.LIBRA.RPN.NEG_POS_UB) == ("RPN", -1.0)
 
 
 def test_without_a_config_the_assumptions_are_listed(mmdet_env, tmp_path, capsys):
@@ -142,6 +153,16 @@ def test_without_a_config_the_assumptions_are_listed(mmdet_env, tmp_path, capsys
     # What the weights determine is not assumed: depth, widths, norms present, classes.
     cfg = load_cfg(out.with_suffix(".yaml"))
     assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RETINANET.NUM_CLASSES) == (18, 64, 10)
+
+
+def test_without_a_config_a_libra_rcnn_assumes_the_authors_rpn_sampling(mmdet_env, tmp_path, capsys):
+    config, changes, _ = LAYOUTS["libra-rcnn_r18-gn_fpn64"]
+    mmdet_file, out = tmp_path / "bare.pth", tmp_path / "out.pth"
+    torch.save(build_mmdet(mmdet_config(config, changes)).state_dict(), mmdet_file)
+    assert main([str(mmdet_file), str(out)]) == 0
+    assert "MODEL.LIBRA.RPN.NEG_POS_UB = 5.0" in capsys.readouterr().out
+    cfg = load_cfg(out.with_suffix(".yaml"))
+    assert (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.LIBRA.RPN.NEG_POS_UB) == ("LibraRPN", 5.0)
 
 
 @pytest.mark.parametrize(

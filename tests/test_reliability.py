@@ -363,7 +363,7 @@ BAD_VALUES = {
     "FSAF.BOX_LOSS_WEIGHT": ("-1.0", FSAF_CONFIG),
     "ANALYSIS.GRAD_SHARE_PERIOD": ("-1", LIBRA_CONFIG),
     "CLASS_NAMES": ("['T-shirt/top', 'Trouser']", LIBRA_CONFIG),  # 2 names for 10 classes
-    "RPN.NEG_POS_UB": ("-2.0", "configs/FashionScenes/ablation/rpn_neg_pos_ub_5.yaml"),
+    "RPN.NEG_POS_UB": ("-2.0", LIBRA_CONFIG),
 }
 
 

@@ -9,7 +9,7 @@ from libra_rcnn import LibraRPN
 
 from conftest import SMALL_OVERRIDES, load_cfg
 
-CONFIG = "configs/FashionScenes/ablation/rpn_neg_pos_ub_5.yaml"
+CONFIG = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"  # the authors' RPN sampling by default
 
 
 def rpn(*overrides):

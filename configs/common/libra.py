@@ -23,6 +23,7 @@ from libra_rcnn import (
     LibraFastRCNNOutputLayers,
     LibraRetinaNet,
     LibraROIHeads,
+    LibraRPN,
 )
 
 
@@ -49,6 +50,8 @@ def libra_rcnn(model):
     heads.box_predictor._target_ = LibraFastRCNNOutputLayers
     heads.box_predictor.box_reg_loss_type = "balanced_l1"
     heads.box_predictor.balanced_l1 = L(BalancedL1Options)(alpha=0.5, gamma=1.5, beta=1.0, variant="paper")
+    model.proposal_generator._target_ = LibraRPN
+    model.proposal_generator.neg_pos_ub = 5.0
     return model
 
 

@@ -453,13 +453,33 @@ def _set_or_assume(plan: ConfigPlan, key: str, value: Any, source: str, default:
         plan.set(key, value, source)
 
 
+def _rpn_sampler(plan: ConfigPlan, cfg: _Config, layout: dict, model: str) -> None:
+    """Detectron2's RPN, or ``LibraRPN`` with the checkpoint's bound on negatives per positive
+    (``train_cfg.rpn.sampler.neg_pos_ub``), so that fine-tuning samples anchors as it was trained."""
+    skey = f"{model}train_cfg.rpn.sampler"
+    sampler = cfg.get(skey)
+    if sampler is None:
+        skey, sampler = "train_cfg.rpn.sampler", cfg.get("train_cfg.rpn.sampler")
+    if isinstance(sampler, dict):
+        bound = float(sampler.get("neg_pos_ub", -1))
+        source = f"{skey}.neg_pos_ub"
+        plan.set("MODEL.PROPOSAL_GENERATOR.NAME", "LibraRPN" if bound >= 0 else "RPN", source)
+        plan.set("MODEL.LIBRA.RPN.NEG_POS_UB", bound if bound >= 0 else -1.0, source)
+    elif layout["bfp"]:
+        plan.assume("MODEL.PROPOSAL_GENERATOR.NAME", "LibraRPN", "mmdetection's Libra R-CNN RPN sampler, for fine-tuning")
+        plan.assume("MODEL.LIBRA.RPN.NEG_POS_UB", 5.0, "mmdetection's Libra R-CNN RPN sampler (neg_pos_ub=5)")
+    else:
+        plan.assume("MODEL.PROPOSAL_GENERATOR.NAME", "RPN", "mmdetection's default RPN sampler (no bound)")
+        plan.assume("MODEL.LIBRA.RPN.NEG_POS_UB", -1.0, "mmdetection's default RPN sampler (no bound)")
+
+
 def _rpn(plan: ConfigPlan, cfg: _Config, layout: dict, model: str) -> None:
     key = model + "rpn_head"
     head = cfg.get(key) or {}
     levels = plan.levels
     if head.get("loss_cls", {}).get("use_sigmoid", True) is False:
         raise ConversionError(f"{key}.loss_cls.use_sigmoid = False: Detectron2's RPN has one sigmoid logit per anchor")
-    plan.set("MODEL.PROPOSAL_GENERATOR.NAME", "RPN", key)
+    _rpn_sampler(plan, cfg, layout, model)
     plan.set("MODEL.RPN.IN_FEATURES", levels, "weights: the FPN levels")
     if layout["rpn_feat"] != layout["fpn_channels"]:
         plan.set("MODEL.RPN.CONV_DIMS", [layout["rpn_feat"]], "weights: rpn_head.rpn_conv")
