@@ -33,23 +33,24 @@ REPO = Path(__file__).resolve().parents[2]
 # (model, mmdetection run folder, our run folder)
 MODELS = [
     ("Faster R-CNN", "faster_rcnn_R_18_FPN_GN", "table2_l1_a_baseline"),
-    ("Libra R-CNN", "libra_rcnn_R_18_FPN_GN", "table2_l1_d_balanced_l1"),
-    # ours with the RPN sampling of the reference's Libra config (neg_pos_ub=5), as mmdetection trains
-    ("Libra R-CNN, RPN as the reference", "libra_rcnn_R_18_FPN_GN", "rpn_neg_pos_ub_5"),
+    # the default: the RPN sampling of the authors' Libra config (neg_pos_ub=5) in both frameworks
+    ("Libra R-CNN", "libra_rcnn_R_18_FPN_GN", "libra_rcnn_R_18_FPN_GN"),
+    # both without it: Detectron2's RPN, mmdetection's sampler with neg_pos_ub=-1
+    ("Libra R-CNN, RPN unbounded", "libra_rcnn_R_18_FPN_GN_rpn_neg_pos_ub_off", "table2_l1_d_balanced_l1"),
     ("RetinaNet", "retinanet_R_18_FPN_GN", "retinanet_R_18_FPN_GN"),
     ("Libra RetinaNet", "libra_retinanet_R_18_FPN_GN", "libra_retinanet_R_18_FPN_GN"),
 ]
-GAINS = [("Libra R-CNN", "Faster R-CNN"), ("Libra R-CNN, RPN as the reference", "Faster R-CNN"),
+GAINS = [("Libra R-CNN", "Faster R-CNN"), ("Libra R-CNN, RPN unbounded", "Faster R-CNN"),
          ("Libra RetinaNet", "RetinaNet")]
 # One difference between the frameworks at a time, for Libra R-CNN: (difference, framework, run
 # folder of the default, run folder with the difference changed, what the change is).
 DIFFERENCES = [
     ("RPN: negatives per positive bounded at 5", "mmdetection", "libra_rcnn_R_18_FPN_GN",
      "libra_rcnn_R_18_FPN_GN_rpn_neg_pos_ub_off", "bound removed (neg_pos_ub=-1, as Detectron2's RPN)"),
-    ("RPN: negatives per positive bounded at 5", "ours", "table2_l1_d_balanced_l1", "rpn_neg_pos_ub_5",
-     "bound added (MODEL.LIBRA.RPN.NEG_POS_UB 5, as mmdetection's config)"),
+    ("RPN: negatives per positive bounded at 5", "ours", "libra_rcnn_R_18_FPN_GN", "table2_l1_d_balanced_l1",
+     "bound removed (MODEL.LIBRA.RPN.NEG_POS_UB -1, Detectron2's RPN: ablation/rpn_neg_pos_ub_off)"),
     ("IoU-balanced sampling: mmdetection's binning", "ours", "table2_l1_d_balanced_l1", "sampler_binning_mmdet",
-     "mmdetection's IoU bins (MODEL.LIBRA.SAMPLER.BINNING mmdet)"),
+     "mmdetection's IoU bins (MODEL.LIBRA.SAMPLER.BINNING mmdet), both with Detectron2's RPN"),
 ]  # fmt: skip
 
 
