@@ -1,12 +1,20 @@
 # The two commands of the README: `make demo` (main job) and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup demo test
+.PHONY: setup reference slurm demo test
 setup:
 	bash scripts/bootstrap.sh
+
+# mmdetection 3.3, the reference the parity tests compare with (.venv-bench, git-ignored).
+reference: setup
+	bash benchmarks/setup_reference_env.sh
+
+# Debian's SLURM for the SLURM tests, where the machine allows it (root and apt-get).
+slurm:
+	bash scripts/setup_slurm.sh --if-possible
 
 demo:
 	bash scripts/demo.sh
 
-test: setup
+test: setup reference slurm
 	$(PY) -m pytest -q

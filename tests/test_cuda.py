@@ -11,7 +11,9 @@ from benchmarks.host_syncs import PAIRS, audit_components, cuda_sync_warnings, s
 
 from conftest import REPO, TINY, args_for, load_cfg
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU: torch.cuda.is_available() is False on this machine"
+)
 
 
 @pytest.fixture(scope="module")
