@@ -101,11 +101,20 @@ def load_config(config_file: str, device: str):
 
 
 def checkpoint_for(config_file: str, checkpoints: Optional[str]) -> Optional[str]:
-    """``<checkpoints>/<config name>/model_final.pth`` if it exists (trained weights), else None."""
+    """The trained weights of a config in a folder of runs, else None.
+
+    ``<checkpoints>/<config name>/seed_<N>/model_final.pth`` of the lowest seed N (the layout of
+    ``python -m libra_rcnn.ablation --out <checkpoints>`` and ``scripts/table2_seeds.sh``), or
+    ``<checkpoints>/<config name>/model_final.pth`` (a ``train_net.py`` OUTPUT_DIR).
+    """
     if not checkpoints:
         return None
-    path = Path(checkpoints) / Path(config_file).stem / "model_final.pth"
-    return str(path) if path.is_file() else None
+    folder = Path(checkpoints) / Path(config_file).stem
+    seeds = sorted(folder.glob("seed_*/model_final.pth"), key=lambda p: int(p.parent.name[5:]))
+    for path in seeds + [folder / "model_final.pth"]:
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def make_batch(config_file: str, suite: str, batch_size: int, seed: int) -> List[dict]:

@@ -56,9 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--infer-repeats", type=int, default=20)
     g.add_argument("--coco-infer-warmup", type=int, default=2)
     g.add_argument("--coco-infer-repeats", type=int, default=12)
-    g.add_argument("--checkpoints", default=str(REPO / "output" / "ablation" / "fashion_scenes"),
-                   help="trained FashionScenes weights: DIR/<config name>/model_final.pth when present "
-                   "(the ablation runner's output); '' for random init")  # fmt: skip
+    g.add_argument("--checkpoints", default=str(REPO / "output" / "runs"),
+                   help="trained FashionScenes weights: DIR/<config name>/seed_<N>/model_final.pth (the ablation "
+                   "runner's --out) or DIR/<config name>/model_final.pth when present; '' for random init")  # fmt: skip
     g = p.add_argument_group("sampler and BFP")
     g.add_argument("--sampler-batches", type=int, nargs="+", default=[2, 4, 8, 16])
     g.add_argument("--sampler-warmup", type=int, default=3)
