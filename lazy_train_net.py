@@ -5,9 +5,9 @@
     python lazy_train_net.py --config-file CONFIG --eval-only train.init_checkpoint=model_final.pth
     python lazy_train_net.py --config-file CONFIG --num-gpus 8 --resume train.max_iter=1000
 
-See libra_rcnn/lazy_train.py.
+See libra_rcnn/engine/lazy.py.
 """
-from libra_rcnn.lazy_train import cli
+from libra_rcnn.engine.lazy import cli
 
 if __name__ == "__main__":
     cli("lazy_train_net.py")

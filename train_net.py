@@ -5,7 +5,7 @@
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
     python train_net.py --config-file CONFIG --num-gpus 8 --resume SOLVER.IMS_PER_BATCH 16
 
-Flags are Detectron2's (``default_argument_parser``); see libra_rcnn/engine.py.
+Flags are Detectron2's (``default_argument_parser``); see libra_rcnn/engine/cli.py.
 """
 from libra_rcnn.engine import cli
 

@@ -136,7 +136,7 @@ def binning_mismatches(dtype: torch.dtype) -> Dict[str, int]:
     """IoU bins of IoUs at and next to the bin edges (K = 3 and 5, paper binning, threshold 0.5):
     the number of IoUs that land in another bin than float32's, (1) as the sampler computes them
     under ``torch.autocast`` from float32 IoUs, (2) if the IoUs were first rounded to ``dtype``."""
-    from libra_rcnn.sampling import _iou_bins
+    from libra_rcnn.modeling.sampling import iou_bins
 
     out = {}
     for bins in (3, 5):
@@ -147,7 +147,7 @@ def binning_mismatches(dtype: torch.dtype) -> Dict[str, int]:
         args = (torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.int64), 1, bins, 0.5, "paper", -1.0)
 
         def group(values):
-            return _iou_bins(args[0], values, *args[1:])[1]
+            return iou_bins(args[0], values, *args[1:])[1]
 
         reference = group(iou)
         with torch.autocast("cpu", dtype=dtype):

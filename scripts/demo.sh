@@ -14,5 +14,5 @@ if [ ! -f datasets/fashion_scenes/annotations/instances_val.json ]; then
   "$PY" -m libra_rcnn.data --out datasets/fashion_scenes
 fi
 "$PY" train_net.py --config-file "$CONFIG" --resume "$@"
-"$PY" -m libra_rcnn.visualize --config-file "$CONFIG" "$@"
+"$PY" -m libra_rcnn.tools.visualize --config-file "$CONFIG" "$@"
 echo "[demo] done in $(( $(date +%s) - start )) s"

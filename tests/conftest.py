@@ -116,3 +116,32 @@ def tiny_scenes(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def architecture(cfg) -> tuple:
+    """What decides which of the project's code paths a config's model runs: the meta-architecture
+    and its components, their loss types and the options that change the computation (not sizes,
+    depths, norms, schedules or data, which change only Detectron2's code). Configs that agree on
+    it run the same code of the project."""
+    m, libra = cfg.MODEL, cfg.MODEL.LIBRA
+    parts = [m.META_ARCHITECTURE, m.BACKBONE.NAME]
+    if m.BACKBONE.NAME == "build_bfp_backbone":
+        parts += [libra.BFP.FPN_BACKBONE, libra.BFP.REFINE_TYPE]
+    if m.META_ARCHITECTURE == "GeneralizedRCNN":
+        parts += [m.PROPOSAL_GENERATOR.NAME, libra.RPN.NEG_POS_UB >= 0, m.ROI_HEADS.NAME,
+                  m.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE, libra.BALANCED_L1.VARIANT]  # fmt: skip
+        if m.ROI_HEADS.NAME == "LibraROIHeads":
+            parts += [libra.SAMPLER.POS, libra.SAMPLER.NEG, libra.SAMPLER.BINNING, libra.SAMPLER.FLOOR_THR >= 0]
+    else:
+        parts += [m.RETINANET.BBOX_REG_LOSS_TYPE, libra.RETINANET.BALANCED_L1.VARIANT]
+        if m.META_ARCHITECTURE == "FSAF":
+            parts += [libra.FSAF.ANCHOR_BASED, libra.FSAF.SELECTION, libra.FSAF.BOX_LOSS_TYPE]
+    return tuple(parts)
+
+
+def one_per_architecture(config_files) -> list:
+    """The first config file (in the given order) of each distinct :func:`architecture`."""
+    seen = {}
+    for path in config_files:
+        seen.setdefault(architecture(load_cfg(path)), path)
+    return list(seen.values())

@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 
-from libra_rcnn.convert_mmdet import main
+from libra_rcnn.converters import main
 
 from conftest import REFERENCE_ENV, load_cfg, require_reference_env
 

@@ -7,17 +7,11 @@ import sys
 
 import pytest
 
-from libra_rcnn.ablation import (
-    _changed_settings,
-    _prepare,
-    collect_result,
-    paired_difference,
-    student_t_quantile,
-    welch_difference,
-    summarize,
-    write_table,
-)
-from libra_rcnn.engine import InputError
+from libra_rcnn.ablation import collect_result, paired_difference, summarize, welch_difference, write_table
+from libra_rcnn.ablation.records import changed_settings
+from libra_rcnn.ablation.runner import _prepare
+from libra_rcnn.ablation.stats import critical_t
+from libra_rcnn.config import InputError
 
 from conftest import REPO, SMALL_OVERRIDES
 
@@ -41,13 +35,9 @@ def test_collect_result_counts_a_resumed_iteration_once(tmp_path):
         {"iteration": 59, "time": 0.6, "peak_memory_mib": 110.0},  # resumed: the same iteration again
         {"iteration": 79, "time": 0.4, "peak_memory_mib": 115.0},
         {"iteration": 79, "bbox/AP": 31.5, "bbox/AP50": 50.0, "bbox/AP75": 33.0, "bbox/APs": 20.0,
-         "bbox/APm": 35.0, "bbox/APl": 40.0},
+         "bbox/APm": 35.0, "bbox/APl": 40.0, "inference/s_per_image": 0.074921},
     ]  # fmt: skip
     (tmp_path / "metrics.json").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (tmp_path / "log.txt").write_text(
-        "[11/21 19:16:19] d2.evaluation.evaluator INFO: Total inference pure compute time: 0:00:14 "
-        "(0.074921 s / iter per device, on 1 devices)\n"
-    )
     result = collect_result(str(tmp_path))
     assert result["AP"] == 31.5 and result["APl"] == 40.0
     assert result["s_per_image"] == 0.074921
@@ -64,10 +54,10 @@ def test_collect_result_without_evaluation_is_an_error(tmp_path):
 def test_settings_compare_only_keys_both_sides_have():
     stored = {"SOLVER.BASE_LR": 0.02, "MODEL.LIBRA.BFP.REFINE_TYPE": "non_local", "OLD.KEY": 1}
     current = {"SOLVER.BASE_LR": 0.01, "MODEL.LIBRA.BFP.REFINE_TYPE": "non_local", "MODEL.LIBRA.NEW.KEY": 2}
-    assert _changed_settings(stored, current) == ["SOLVER.BASE_LR"]
-    assert _changed_settings(stored, stored) == []
+    assert changed_settings(stored, current) == ["SOLVER.BASE_LR"]
+    assert changed_settings(stored, stored) == []
     moved = {"OUTPUT_DIR": "/elsewhere/run", "SOLVER.BASE_LR": 0.02}
-    assert _changed_settings({"OUTPUT_DIR": "out/run", "SOLVER.BASE_LR": 0.02}, moved) == []
+    assert changed_settings({"OUTPUT_DIR": "out/run", "SOLVER.BASE_LR": 0.02}, moved) == []
 
 
 def test_a_different_schedule_is_refused_before_training(tiny_scenes, tmp_path):
@@ -84,12 +74,10 @@ def test_a_different_schedule_is_refused_before_training(tiny_scenes, tmp_path):
         _prepare(args)
 
 
-def test_student_t_quantiles_match_the_printed_tables():
+def test_critical_t_values_match_the_printed_tables():
     # Two-sided 95 % critical values of Student's t (any statistics textbook's table).
     for df, value in ((1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (30, 2.042)):
-        assert student_t_quantile(0.975, df) == pytest.approx(value, abs=5e-4)
-    with pytest.raises(ValueError):
-        student_t_quantile(0.4, 2)
+        assert critical_t(df) == pytest.approx(value, abs=5e-4)
 
 
 def test_paired_difference_by_hand():
@@ -177,7 +165,7 @@ def test_welch_difference_by_hand():
     d = welch_difference([36.0, 35.0, 37.0], [33.0, 32.0, 34.5])
     assert d["mean"] == pytest.approx(2.83333, abs=1e-5) and d["se"] == pytest.approx(0.92796, abs=1e-5)
     assert d["df"] == pytest.approx(3.806, abs=1e-3) and d["beyond_noise"] is True
-    assert student_t_quantile(0.975, 3.806) == pytest.approx(2.838, abs=0.006)  # between t(3) 3.182 and t(4) 2.776
+    assert critical_t(3.806) == pytest.approx(2.838, abs=0.006)  # between t(3) 3.182 and t(4) 2.776
     close = welch_difference([36.0, 35.0, 37.0], [35.5, 34.0, 36.5])
     assert close["mean"] == pytest.approx(0.66667, abs=1e-5) and close["beyond_noise"] is False
     assert welch_difference([36.0], [35.0, 34.0])["beyond_noise"] is None

@@ -15,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from libra_rcnn import BalancedL1Options, balanced_l1_loss
 from libra_rcnn.analysis import balanced_l1_curves, inlier_gradients, iou_histograms, training_stats
 from libra_rcnn.engine import Trainer
-from libra_rcnn.imbalance import (
+from libra_rcnn.modeling.imbalance import (
     NEG_IOU_BIN_NAMES,
     balanced_l1_grad,
     box_reg_loss_and_grad,

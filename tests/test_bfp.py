@@ -128,8 +128,8 @@ SIZES = [[(24, 36), (12, 18), (6, 9), (3, 5)], [(18, 12), (6, 4), (3, 2)], [(8, 
 
 @pytest.mark.parametrize("sizes", SIZES)
 def test_bfp_equals_the_generic_rescaling(sizes):
-    # Integer ratios take max_pool2d and broadcast additions, others adaptive pooling and
-    # interpolation (P5 3x5 <-> 6x9 here); both must equal the generic formula, value and gradient.
+    # Integer ratios take max_pool2d and broadcast additions, others the gathered windows and
+    # indices (P5 3x5 <-> 6x9 here); both must equal PyTorch's kernels, value and gradient.
     levels = {f"p{i + 2}": torch.randn(2, 3, h, w, dtype=torch.float64) for i, (h, w) in enumerate(sizes)}
     for level in levels.values():
         level.requires_grad_()
@@ -198,20 +198,20 @@ def test_interpolation_helpers_agree_with_torch():
 
 
 
-def test_symbolic_rescaling_equals_pytorch_kernels():
-    # The gathers that tracing and ONNX export record equal adaptive_max_pool2d and nearest
-    # interpolation exactly, for sizes that divide and sizes that do not.
-    from libra_rcnn.bfp import _adaptive_max_pool_symbolic, _upsample_nearest_symbolic
+def test_gathered_rescaling_equals_pytorch_kernels():
+    # The gathers that tracing, ONNX export and torch.compile record equal adaptive_max_pool2d and
+    # nearest interpolation exactly, for sizes that divide and sizes that do not.
+    from libra_rcnn.modeling.resize import gather_max_pool, gather_upsample
 
     g = torch.Generator().manual_seed(0)
     float_rounding_cases = 0
     for large in range(1, 40):
         for small in range(1, large + 1):
             x = torch.randn(1, 2, large, 3, generator=g)
-            pooled = _adaptive_max_pool_symbolic(x, (small, 2))
+            pooled = gather_max_pool(x, (small, 2), -(-large // small) + 1)  # windows of ceil(in / out) + 1 at most
             assert torch.equal(pooled, F.adaptive_max_pool2d(x, (small, 2))), (large, small)
             y = torch.randn(1, 2, small, 3, generator=g)
-            upsampled = _upsample_nearest_symbolic(y, (large, 7))
+            upsampled = gather_upsample(y, (large, 7))
             assert torch.equal(upsampled, F.interpolate(y, size=(large, 7), mode="nearest")), (large, small)
             integer_floor = y.index_select(2, torch.arange(large) * small // large)
             float_rounding_cases += not torch.equal(upsampled[..., :3], integer_floor)

@@ -13,15 +13,21 @@ from pathlib import Path
 import pytest
 
 from libra_rcnn.ablation import config_settings
-from libra_rcnn.engine import build_config
+from libra_rcnn.config import build_config
 
 from conftest import REPO
 
 RUNS = sorted((REPO / "docs/results/runs").glob("*/seed_*/result.json"))
-# run folder: the keys whose value changed since it trained. sampler_binning_mmdet trained when
-# Libra R-CNN used Detectron2's RPN; it is compared with table2_l1_d_balanced_l1, which keeps it.
+# run folder: the keys whose value changed since it trained, with the value it trained with.
+# - sampler_binning_mmdet trained when Libra R-CNN used Detectron2's RPN; it is compared with
+#   table2_l1_d_balanced_l1, which keeps it.
+# - The RetinaNet family set Libra RetinaNet's beta 0.11 in MODEL.LIBRA.BALANCED_L1, now the RoI
+#   head's alone; MODEL.LIBRA.RETINANET.BALANCED_L1.BETA holds it now, 0.11 by default (checked below).
+RETINANET_BETA = {"MODEL.LIBRA.BALANCED_L1.BETA": 0.11}
 CHANGED_SINCE = {
     "sampler_binning_mmdet": {"MODEL.PROPOSAL_GENERATOR.NAME": "RPN", "MODEL.LIBRA.RPN.NEG_POS_UB": -1.0},
+    "retinanet_R_18_FPN_GN": RETINANET_BETA,
+    "libra_retinanet_R_18_FPN_GN": RETINANET_BETA,
 }
 
 
@@ -40,3 +46,5 @@ def test_each_run_is_its_configs_run(result_file: Path):
     stored = result["settings"]
     changed = {k: stored[k] for k in (stored.keys() & now.keys()) - {"OUTPUT_DIR"} if stored[k] != now[k]}
     assert changed == CHANGED_SINCE.get(name, {})
+    if changed.get("MODEL.LIBRA.BALANCED_L1.BETA") == 0.11:
+        assert now["MODEL.LIBRA.RETINANET.BALANCED_L1.BETA"] == 0.11

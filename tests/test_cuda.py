@@ -49,7 +49,8 @@ def test_amp_trainer_steps_are_finite(config, tiny_scenes, tmp_path):
     from detectron2.engine import AMPTrainer
     from detectron2.utils.events import EventStorage
 
-    from libra_rcnn.engine import Trainer, build_config
+    from libra_rcnn.config import build_config
+    from libra_rcnn.engine import Trainer
 
     args = args_for("--config-file", str(REPO / f"configs/FashionScenes/{config}.yaml"), *TINY,
                     "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True", "OUTPUT_DIR", str(tmp_path))  # fmt: skip

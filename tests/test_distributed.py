@@ -1,5 +1,5 @@
 """Launchers: torchrun (two elastic agents on loopback, a killed worker, a job restarted by hand)
-and bad launcher input (libra_rcnn.launch, docs/distributed.md). SLURM: tests/test_slurm.py."""
+and bad launcher input (libra_rcnn.engine.launcher, docs/distributed.md). SLURM: tests/test_slurm.py."""
 import os
 import re
 import signal
@@ -11,7 +11,7 @@ import pytest
 from cluster import LOOPBACK, checkpoints, children, free_port, last_checkpoint, starts, stop_group, wait_for
 from conftest import CONFIG, REPO, TINY_CLI
 from test_lazy_config import RCNN_1X, small_overrides
-from libra_rcnn.launch import LaunchError, detect, wait_for_master
+from libra_rcnn.engine.launcher import LaunchError, detect, wait_for_master
 
 TORCHRUN_ENV = {
     "TORCHELASTIC_RUN_ID": "job1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
@@ -194,7 +194,7 @@ def test_lazy_train_net_under_torchrun(tmp_path, tiny_scenes):
 
 
 def test_lazy_world_size_that_does_not_split_the_batch(monkeypatch, capsys, tiny_scenes):
-    from libra_rcnn.lazy_train import cli
+    from libra_rcnn.engine.lazy import cli
 
     for key, value in {**TORCHRUN_ENV, "WORLD_SIZE": "3", "RANK": "0"}.items():
         monkeypatch.setenv(key, value)

@@ -11,7 +11,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.env import seed_all_rng
 
 from libra_rcnn import FSAF, fsaf_targets, iou_loss, select_levels
-from libra_rcnn.engine import Trainer, build_config
+from libra_rcnn.config import build_config
+from libra_rcnn.engine import Trainer
 
 from conftest import REPO, SMALL_OVERRIDES, load_cfg
 from test_train_net import TINY, args_for, train_net

@@ -25,9 +25,9 @@ from conftest import load_cfg
 # anchors for the loss normaliser (as Detectron2's RetinaNet).
 OURS = {
     "faster_rcnn_R_18_FPN_GN": [],
-    "libra_rcnn_R_18_FPN_GN": ["Tensor.tolist at libra_rcnn/roi_heads.py (label_and_sample_proposals)"],
+    "libra_rcnn_R_18_FPN_GN": ["Tensor.tolist at libra_rcnn/modeling/roi_heads.py (label_and_sample_proposals)"],
     "retinanet_R_18_FPN_GN": [],
-    "libra_retinanet_R_18_FPN_GN": ["aten._local_scalar_dense at libra_rcnn/retinanet.py (losses)"],
+    "libra_retinanet_R_18_FPN_GN": ["aten._local_scalar_dense at libra_rcnn/modeling/retinanet.py (losses)"],
     "fsaf_R_18_FPN_GN": [],
     "ab_fsaf_R_18_FPN_GN": [],
 }
@@ -125,4 +125,4 @@ def test_the_gradient_share_statistic_costs_one_sync_on_its_iterations_only(batc
     extra = [f"{e.op} at {e.site}" for e in on]
     for e in off:
         extra.remove(f"{e.op} at {e.site}")
-    assert len(extra) == 1 and extra[0].startswith("Tensor.tolist at libra_rcnn/box_predictor.py")
+    assert len(extra) == 1 and extra[0].startswith("Tensor.tolist at libra_rcnn/modeling/box_predictor.py")

@@ -16,10 +16,11 @@ import yaml
 from detectron2.config import get_cfg
 
 import libra_rcnn
-from libra_rcnn.convert_mmdet import main
-from libra_rcnn.mmdet_config import ConversionError, read_config_text
+from libra_rcnn.converters import ConversionError, main, read_config_text
+from libra_rcnn.converters.mmdet_config_text import read_config_file
+from libra_rcnn.converters.mmdet_plan import MmdetConfig
 
-from conftest import load_cfg
+from conftest import REFERENCE_ENV, load_cfg
 from mmdet_reference import (  # noqa: F401 (fixtures)
     build_mmdet,
     check_features,
@@ -175,26 +176,43 @@ def test_what_cannot_be_mirrored_fails_in_one_line_and_writes_nothing(mmdet_env,
     cfg = mmdet_config("retinanet_R_18_FPN_GN.py", changes)
     mmdet_file, out = tmp_path / "mmdet.pth", tmp_path / "out.pth"
     save_mmdet(build_mmdet(cfg), mmdet_file, cfg)
-    assert main([str(mmdet_file), str(out)]) == 1
+    assert main([str(mmdet_file), str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and key in err and len(err.splitlines()) == 1
+    assert err.startswith("python -m libra_rcnn.convert_mmdet: error: ") and key in err and len(err.splitlines()) == 1
     assert not list(tmp_path.glob("out*"))
 
 
 def test_the_config_text_is_read_without_running_it():
-    variables = read_config_text("a = dict(b=[1, -2.5, (3, 'x')], c=None, d={'e': True})\nf = a\n")
+    variables = read_config_text("a = dict(b=[1, -2.5, (3, 'x')], c=None, d={'e': True})\nf = a\ng = 'x/' + 'y'\n")
     assert variables == {"a": {"b": [1, -2.5, (3, "x")], "c": None, "d": {"e": True}},
-                         "f": {"b": [1, -2.5, (3, "x")], "c": None, "d": {"e": True}}}  # fmt: skip
-    for text, line in (("import os\n", 1), ("a = 1\nb = open('x')\n", 2), ("a = __import__('os')\n", 1)):
+                         "f": {"b": [1, -2.5, (3, "x")], "c": None, "d": {"e": True}}, "g": "x/y"}  # fmt: skip
+    for text, line in (("import os\n", 1), ("a = 1\nprint(a)\n", 2)):
         with pytest.raises(ConversionError, match=f"line {line}"):
             read_config_text(text)
+    # A call is not run: the variable is unreadable, an error only where the converter reads it.
+    for text, line in (("a = 1\nb = open('x')\n", 2), ("a = __import__('os')\n", 1)):
+        unreadable = MmdetConfig(read_config_text(text))
+        with pytest.raises(ConversionError, match=f"line {line}: cannot read"):
+            unreadable.get("b" if "b =" in text else "a")
+
+
+def test_a_config_file_is_read_with_its_base_chain(mmdet_env):
+    """The zoo's Libra config: two levels of _base_ files, _delete_, {{_base_.x}}, a comprehension
+    in a base file that nothing reads; read as mmengine reads it, nothing run."""
+    from mmengine.config import Config
+
+    path = REFERENCE_ENV / "mmdet/.mim/configs/libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco.py"
+    ours, theirs = read_config_file(str(path)), Config.fromfile(str(path)).to_dict()
+    for key in ("model", "test_pipeline", "train_dataloader", "test_cfg"):
+        assert ours[key] == theirs[key], key
+    assert ours["model"]["train_cfg"]["rpn"]["sampler"]["neg_pos_ub"] == 5
 
 
 def test_mmdetection_2x_config_text_is_read_too(mmdet_env):
     """mmdetection 2.x keeps the config in meta["config"], with img_norm_cfg and
     MultiScaleFlipAug in the test pipeline, and train_cfg / test_cfg inside the model."""
-    from libra_rcnn.convert_mmdet import config_text
-    from libra_rcnn.mmdet_config import detectron2_settings
+    from libra_rcnn.converters import WeightLayout, config_text, detectron2_settings
+    from libra_rcnn.converters.mmdet_layout import FPNLayout, ResNetLayout, RetinaLayout
 
     text = (
         "img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)\n"
@@ -204,11 +222,14 @@ def test_mmdetection_2x_config_text_is_read_too(mmdet_env):
         "iou_threshold=0.6), max_per_img=50))\n"
     )
     assert config_text({"config": text}) == (text, 'meta["config"]')
-    layout = dict(kind="retinanet", bfp=False, refine="none", block="bottleneck", depth=50, groups=1,
-                  width_per_group=64, stem_channels=64, stage_channels=[256, 512, 1024, 2048], backbone_norm="bn",
-                  neck="neck.", first_stage=3, num_lateral=3, fpn_channels=256, fpn_norm=None, extra="conv",
-                  num_extra=2, extra_in_channels=2048, retina_convs=4, retina_norm=None, retina_anchors=9,
-                  num_classes=80)  # fmt: skip
+    layout = WeightLayout(
+        kind="retinanet", bfp=False, refine="none", num_classes=80,
+        backbone=ResNetLayout(block="bottleneck", depth=50, groups=1, width_per_group=64, stem_channels=64,
+                              stage_channels=[256, 512, 1024, 2048], norm="bn"),
+        fpn=FPNLayout(prefix="neck.", first_stage=3, num_lateral=3, channels=256, norm=None, extra="conv", num_extra=2,
+                      extra_in_channels=2048),
+        retina=RetinaLayout(convs=4, norm=None, anchors=9),
+    )  # fmt: skip
     plan = detectron2_settings(layout, read_config_text(text), {"CLASSES": [f"c{i}" for i in range(80)]})
     values = {k: v for k, v, _ in plan.settings}
     assert (values["INPUT.FORMAT"], values["INPUT.MIN_SIZE_TEST"], values["INPUT.MAX_SIZE_TEST"]) == ("RGB", 600, 1000)

@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
 
 from libra_rcnn import build_fashion_scenes
-from libra_rcnn.convert_mmdet import ConversionError, anchor_order, convert_state_dict, main
+from libra_rcnn.converters import ConversionError, anchor_order, convert_state_dict, main
 
 from conftest import FixedPyramid, load_cfg, train_net
 from mmdet_reference import (  # noqa: F401 (fixtures)
@@ -144,7 +144,7 @@ def test_unplaced_keys_and_mmdet_v1_files_are_refused(tmp_path, capsys):
         convert_state_dict(state)
     v1 = tmp_path / "v1.pth"
     torch.save({"meta": {"mmdet_version": "1.0rc0+d3ca926"}, "state_dict": state}, v1)
-    assert main([str(v1), str(tmp_path / "out.pth")]) == 1
+    assert main([str(v1), str(tmp_path / "out.pth")]) == 2
     assert "mmdetection 1.x" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()
     v1_layout = {"rpn_head.rpn_cls.weight": torch.zeros(3, 256, 1, 1), "bbox_head.fc_cls.weight": torch.zeros(81, 4)}
     with pytest.raises(ConversionError, match="mmdetection 1.x"):

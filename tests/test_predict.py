@@ -15,8 +15,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 import libra_rcnn
-from libra_rcnn.engine import InputError
-from libra_rcnn.predict import expand_inputs, main
+from libra_rcnn.config import InputError
+from libra_rcnn.tools.predict import expand_inputs, main
 
 from conftest import CONFIG, TINY, load_cfg
 
@@ -48,7 +48,7 @@ def test_folder_pictures_json_and_an_unreadable_file(images, weights, tiny_scene
     err = capsys.readouterr().err
     assert code == 1  # one file skipped, the rest predicted
     broken = images / "zz_broken.png"
-    assert f"predict: error: cannot read {broken}: not an image in a format PIL reads, or damaged; skipped" in err
+    assert f"python -m libra_rcnn.predict: error: cannot read {broken}: not an image in a format PIL reads, or damaged; skipped" in err
     assert "notes.txt" not in err
     assert sorted(p.name for p in out.iterdir()) == [f"{i:06d}.png" for i in range(4)] + ["predictions.json"]
     for i in range(4):
@@ -104,7 +104,7 @@ def test_inputs_files_folders_and_globs(images):
 
 @pytest.mark.parametrize(
     "extra,message",
-    [([], "no checkpoint: add MODEL.WEIGHTS FILE (e.g. OUTPUT_DIR/model_final.pth)"),
+    [([], "fashion_scenes/libra_rcnn_R_18_FPN_GN/model_final.pth not found"),  # OUTPUT_DIR/model_final.pth by default
      (["MODEL.WEIGHTS", "missing.pth"], "MODEL.WEIGHTS file missing.pth not found"),
      (["--config-file", "configs/missing.yaml"], "config file configs/missing.yaml not found"),
      (["--config-file", "configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.py"], "a LazyConfig; DefaultPredictor")],
@@ -115,14 +115,14 @@ def test_bad_arguments_fail_in_one_line(images, tmp_path, capsys, extra, message
         argv[1], extra = extra[1], ["MODEL.WEIGHTS", "unused.pth"]
     assert main(argv + [*TINY, *extra]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("predict: error: ") and message in err and len(err.splitlines()) == 1
+    assert err.startswith("python -m libra_rcnn.predict: error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_empty_folder_fails_in_one_line(tmp_path, weights, capsys):
     (tmp_path / "empty").mkdir()
     argv = ["--config-file", CONFIG, "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "out")]
     assert main(argv + [*TINY, "MODEL.WEIGHTS", weights]) == 2
-    assert "predict: error: no image files" in capsys.readouterr().err
+    assert "python -m libra_rcnn.predict: error: no image files" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

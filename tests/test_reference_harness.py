@@ -19,7 +19,7 @@ import torch
 
 from detectron2.modeling import build_model
 
-from libra_rcnn.convert_mmdet import convert_state_dict
+from libra_rcnn.converters import convert_state_dict
 
 from conftest import REPO, load_cfg
 from mmdet_reference import mmdet_config, mmdet_env  # noqa: F401 (fixture)

@@ -17,11 +17,12 @@ from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-import libra_rcnn.checkpoint
+import libra_rcnn.engine.checkpoint
 from libra_rcnn import FASHION_MNIST_CLASSES
-from libra_rcnn.checkpoint import AtomicCheckpointer
+from libra_rcnn.engine.checkpoint import AtomicCheckpointer
 from libra_rcnn.data.checks import DatasetError
-from libra_rcnn.engine import InputError, Trainer, build_config, check_inputs, truncate_metrics
+from libra_rcnn.config import InputError, build_config
+from libra_rcnn.engine import Trainer, check_inputs, truncate_metrics
 
 from conftest import CONFIG, REPO, TINY, TINY_CLI, args_for, train_net
 
@@ -120,7 +121,7 @@ def test_atomic_writes_leave_other_modes_and_remote_paths_to_the_path_manager(tm
         def exists(self, path):
             return "exists"
 
-    writes = libra_rcnn.checkpoint.AtomicWrites(Recorder())
+    writes = libra_rcnn.engine.checkpoint.AtomicWrites(Recorder())
     with writes.open(str(tmp_path / "tag"), "w") as f:
         f.write("x")
     writes.open("s3://bucket/tag", "w").close()
@@ -338,6 +339,7 @@ def test_two_processes_on_the_cpu_match_one_process_with_the_same_total_batch(ti
 
 LIBRA_CONFIG = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
 FSAF_CONFIG = "configs/FashionScenes/ab_fsaf_R_18_FPN_GN.yaml"
+LIBRA_RETINANET_CONFIG = "configs/FashionScenes/libra_retinanet_R_18_FPN_GN.yaml"
 # A refused value for every key of add_libra_config, and a config that uses the key.
 BAD_VALUES = {
     "BFP.FPN_BACKBONE": ("no_such_fpn_builder", LIBRA_CONFIG),
@@ -353,6 +355,10 @@ BAD_VALUES = {
     "BALANCED_L1.GAMMA": ("0.0", LIBRA_CONFIG),
     "BALANCED_L1.BETA": ("0.0", LIBRA_CONFIG),
     "BALANCED_L1.VARIANT": ("v2", LIBRA_CONFIG),
+    "RETINANET.BALANCED_L1.ALPHA": ("0.0", LIBRA_RETINANET_CONFIG),
+    "RETINANET.BALANCED_L1.GAMMA": ("-1.5", LIBRA_RETINANET_CONFIG),
+    "RETINANET.BALANCED_L1.BETA": ("-0.11", LIBRA_RETINANET_CONFIG),
+    "RETINANET.BALANCED_L1.VARIANT": ("v3", LIBRA_RETINANET_CONFIG),
     "FSAF.ANCHOR_BASED": ("maybe", FSAF_CONFIG),
     "FSAF.EFFECTIVE_SCALE": ("1.5", FSAF_CONFIG),
     "FSAF.IGNORE_SCALE": ("0.1", FSAF_CONFIG),
@@ -385,6 +391,16 @@ def test_a_bad_project_value_fails_before_training_naming_the_key(key, tiny_scen
     value, config = BAD_VALUES[key]
     args = args_for("--config-file", str(REPO / config), *TINY, "OUTPUT_DIR", str(tmp_path), f"MODEL.LIBRA.{key}", value)
     with pytest.raises(InputError, match=re.escape(f"MODEL.LIBRA.{key}")):
+        check_inputs(build_config(args), args)
+
+
+def test_the_roi_heads_balanced_l1_keys_are_refused_in_a_one_stage_config(tiny_scenes, tmp_path):
+    # Libra RetinaNet reads MODEL.LIBRA.RETINANET.BALANCED_L1; a value set in the RoI head's node would
+    # be silently unused.
+    args = args_for("--config-file", str(REPO / LIBRA_RETINANET_CONFIG), *TINY, "OUTPUT_DIR", str(tmp_path),
+                    "MODEL.LIBRA.BALANCED_L1.BETA", "0.2")  # fmt: skip
+    with pytest.raises(InputError, match=r"MODEL\.LIBRA\.BALANCED_L1\.BETA = 0\.2 .* set MODEL\.LIBRA\.RETINANET\."
+                                         r"BALANCED_L1\.BETA instead"):
         check_inputs(build_config(args), args)
 
 

@@ -46,7 +46,7 @@ def dense_inputs(seed=0):
 
 @pytest.mark.parametrize("variant", ["paper", "mmdet"])
 def test_balanced_l1_box_loss_and_unchanged_focal_loss(variant):
-    libra = model(LIBRA, "MODEL.LIBRA.BALANCED_L1.VARIANT", variant)
+    libra = model(LIBRA, "MODEL.LIBRA.RETINANET.BALANCED_L1.VARIANT", variant)
     base = model(BASELINE)
     anchors, logits, labels, deltas, gt_boxes = dense_inputs()
     with EventStorage():
@@ -75,8 +75,8 @@ def test_other_loss_types_stay_detectron2s():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "l2"), ("MODEL.LIBRA.BALANCED_L1.BETA", 0.0),
-     ("MODEL.LIBRA.BALANCED_L1.VARIANT", "v3")],
+    [("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "l2"), ("MODEL.LIBRA.RETINANET.BALANCED_L1.BETA", 0.0),
+     ("MODEL.LIBRA.RETINANET.BALANCED_L1.VARIANT", "v3")],
 )
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -1,6 +1,7 @@
 """IoU-balanced and instance-balanced sampling (METHODS.md §2), checked with fixed seeds."""
 import pytest
 import torch
+from detectron2.modeling import build_model
 
 from libra_rcnn import (
     BalancedRoISampler,
@@ -9,6 +10,8 @@ from libra_rcnn import (
     random_negatives,
     sample_within_groups,
 )
+
+from conftest import load_cfg
 
 
 def gen(seed=0):
@@ -258,6 +261,45 @@ def test_sampler_counts_with_plenty_of_both():
         assert int(pos.sum()) == 128 and int(neg.sum()) == 384
 
 
+def batch_of(*images):
+    """The sampler's inputs for a batch: per image, (positives per GT box, negative IoU groups)."""
+    classes, iou, gt_index, image_index, num_gts = [], [], [], [], 0
+    for i, (pos_counts, neg_groups) in enumerate(images):
+        _, gt = positives_for(pos_counts)
+        neg_iou = negatives_with_ious(*neg_groups)
+        classes += [gt % 10, torch.full((len(neg_iou),), 10)]
+        iou += [0.5 + 0.4 * torch.rand(len(gt), generator=gen(i)), neg_iou]
+        gt_index += [gt + num_gts, torch.zeros(len(neg_iou), dtype=torch.int64)]
+        image_index.append(torch.full((len(gt) + len(neg_iou),), i))
+        num_gts += len(pos_counts)
+    return torch.cat(classes), torch.cat(iou), torch.cat(gt_index), torch.cat(image_index), len(images), num_gts
+
+
+def test_sampler_takes_each_images_per_bin_quotas_as_training_runs_it():
+    # 120 RoIs per image, 25 % positives: 30 positives and 90 negatives, 30 per paper bin of
+    # [0, 1/6), [1/6, 1/3), [1/3, 1/2). Image 0 has every bin full; image 1 has 12 negatives in
+    # the top bin (all taken), and its 18 missing are filled from the other two bins.
+    bins = [(0, 1 / 6), (1 / 6, 1 / 3), (1 / 3, 0.5)]
+    classes, iou, gt_index, image_index, num_images, num_gts = batch_of(
+        ([20, 20], ((300, 0.0, 1 / 6), (200, 1 / 6, 1 / 3), (100, 1 / 3, 0.5))),
+        ([25, 5], ((300, 0.0, 1 / 6), (200, 1 / 6, 1 / 3), (12, 1 / 3, 0.5))),
+    )
+    small = BalancedRoISampler(batch_size_per_image=120, positive_fraction=0.25)
+    fill = torch.zeros(2)
+    for seed in range(100):
+        pos, neg = small(classes, iou, gt_index, image_index, num_images, num_gts, 10, generator=gen(seed))
+        first, second = image_index == 0, image_index == 1
+        assert int((pos & first).sum()) == 30 and int((pos & second).sum()) == 30
+        assert [count_in(neg & first, iou, a, b) for a, b in bins] == [30, 30, 30]
+        per_bin = [count_in(neg & second, iou, a, b) for a, b in bins]
+        assert per_bin[2] == 12 and min(per_bin[:2]) >= 30 and sum(per_bin) == 90
+        fill += torch.tensor(per_bin[:2], dtype=torch.float32) - 30
+        # Instance-balanced positives: image 1's small object (5 positives) gives all of them.
+        assert int((pos & second & (gt_index == num_gts - 1)).sum()) == 5
+    # The 18 filled uniformly from the 270 + 170 negatives of the two lower bins not yet drawn.
+    assert (fill / 100).tolist() == pytest.approx([18 * 270 / 440, 18 * 170 / 440], abs=0.6)
+
+
 def test_sampler_is_reproducible_with_a_generator():
     classes = torch.cat([torch.randint(0, 10, (400,)), torch.full((1600,), 10)])
     iou = torch.cat([0.5 + torch.rand(400) * 0.5, torch.rand(1600) * 0.5])
@@ -276,9 +318,16 @@ def test_sampler_is_reproducible_with_a_generator():
      ({"floor_thr": 0.6}, "MODEL.LIBRA.SAMPLER.FLOOR_THR"),
      ({"floor_fraction": -0.1}, "MODEL.LIBRA.SAMPLER.FLOOR_FRACTION")],
 )
-def test_sampler_bad_config_names_the_key(kwargs, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+def test_sampler_bad_value_names_the_argument_or_the_config_key(kwargs, key):
+    # Built directly (Python, LazyConfig), the error names the constructor's argument; built from
+    # a config by LibraROIHeads, the key.
+    (name,) = kwargs
+    with pytest.raises(ValueError, match=f"^{name} = "):
         sampler(**kwargs)
+    value = str(kwargs[name])
+    cfg = load_cfg("configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml", ["MODEL.DEVICE", "cpu", key, value])
+    with pytest.raises(ValueError, match="^" + key.replace(".", r"\.") + " = "):
+        build_model(cfg)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ from detectron2.config import get_cfg
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
 from detectron2.utils.env import seed_all_rng
 
-from libra_rcnn.engine import InputError, Trainer, build_config, check_inputs
-from libra_rcnn.solver import with_full_model_gradient_clipping
+from libra_rcnn.config import InputError, build_config
+from libra_rcnn.engine import Trainer, check_inputs
+from libra_rcnn.engine.solver import with_full_model_gradient_clipping
 
 from conftest import REPO, TINY, args_for, load_cfg
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from libra_rcnn.engine import Trainer, build_config, main
+from libra_rcnn.config import build_config
+from libra_rcnn.engine import Trainer, main
 
 from conftest import CONFIG, REPO, TINY, TINY_CLI, args_for, train_net
 

@@ -101,7 +101,7 @@ def clip_before_nms():
 
 def evaluate_clipped(run: Path) -> List[dict]:
     """The converted model's detections on the val split, boxes clipped before NMS."""
-    from libra_rcnn.engine import build_config
+    from libra_rcnn.config import build_config
 
     args = argparse.Namespace(config_file=str(run / "converted" / "model.yaml"), opts=["MODEL.DEVICE", "cpu"],
                               eval_only=True)  # fmt: skip

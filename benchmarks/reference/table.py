@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from libra_rcnn.ablation import _mean_std, paired_difference, welch_difference
+from libra_rcnn.ablation import mean_std, paired_difference, welch_difference
 
 from .train import METRICS
 
@@ -95,14 +95,14 @@ def training_table(runs) -> (str, dict):
         b = [theirs[s]["AP"] for s in sorted(theirs)]
         diff = welch_difference(a, b) if a and b else {"mean": math.nan, "beyond_noise": None}
         data[model] = {"ours": {s: ours[s] for s in sorted(ours)}, "theirs": {s: theirs[s] for s in sorted(theirs)},
-                       "ours_AP": _mean_std(a) if a else None, "theirs_AP": _mean_std(b) if b else None,
+                       "ours_AP": mean_std(a) if a else None, "theirs_AP": mean_std(b) if b else None,
                        "difference": diff}  # fmt: skip
         seeds = ", ".join(str(s) for s in sorted(set(ours) | set(theirs)))
         diff_text = "—" if math.isnan(diff["mean"]) else f"{diff['mean']:+.1f}" + (
             f" (se {diff['se']:.1f}, df {diff['df']:.1f})" if not math.isnan(diff.get("se", math.nan)) else "")
         lines.append(f"| {model} | {seeds} | {' / '.join(f'{v:.1f}' for v in a) or '—'} | "
-                     f"{_fmt(_mean_std(a)) if a else '—'} | {' / '.join(f'{v:.1f}' for v in b) or '—'} | "
-                     f"{_fmt(_mean_std(b)) if b else '—'} | {diff_text} | {_verdict(diff)} |")  # fmt: skip
+                     f"{_fmt(mean_std(a)) if a else '—'} | {' / '.join(f'{v:.1f}' for v in b) or '—'} | "
+                     f"{_fmt(mean_std(b)) if b else '—'} | {diff_text} | {_verdict(diff)} |")  # fmt: skip
     lines += ["", "| gain | Detectron2 (ours), paired by seed | beyond noise | mmdetection, paired by seed "
               "| beyond noise | ours − mmdetection (Welch) | beyond noise |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, baseline in GAINS:
@@ -147,7 +147,7 @@ def differences_table(ours_root: Path, theirs_root: Path) -> (str, dict):
         diff = welch_difference(list(b.values()), list(a.values())) if a else {"mean": math.nan, "beyond_noise": None}
         data[f"{name} ({framework})"] = {"default": a, "changed": b, "difference": diff}
         def runs_text(v):
-            return " / ".join(f"{v[k]:.1f}" for k in sorted(v)) + f" ({_fmt(_mean_std(list(v.values())))})"
+            return " / ".join(f"{v[k]:.1f}" for k in sorted(v)) + f" ({_fmt(mean_std(list(v.values())))})"
         lines.append(f"| {name} | {framework} | {what} | {runs_text(a)} | {runs_text(b)} | "
                      f"{diff['mean']:+.1f} | {_verdict(diff)} |")  # fmt: skip
     return "\n".join(lines) + "\n", data

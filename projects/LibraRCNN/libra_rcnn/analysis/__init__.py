@@ -9,9 +9,11 @@
 - ``python -m libra_rcnn.analysis.inlier_gradients``: Fig. 5 on trained models, the inliers'
   share of the box gradient under smooth L1 and balanced L1 on the same RoIs, one inlier rule.
 
-The statistics themselves are computed by :mod:`libra_rcnn.imbalance`.
+The statistics themselves are computed by :mod:`libra_rcnn.modeling.imbalance`.
 """
 import os
+
+from detectron2.data import DatasetMapper, build_detection_test_loader
 
 __all__ = ["save_figure", "annotated_loader"]
 
@@ -35,8 +37,6 @@ def annotated_loader(cfg, dataset_dicts):
     """Detectron2's test loader over ``dataset_dicts``, one image per batch in order, resized
     as at test time (``INPUT.MIN/MAX_SIZE_TEST``, no flip) but keeping the annotations as
     ``instances``, which the analyses need to label proposals as training does."""
-    from detectron2.data import DatasetMapper, build_detection_test_loader
-
     kwargs = DatasetMapper.from_config(cfg, is_train=False)
     kwargs["is_train"] = True  # keep the annotations
     return build_detection_test_loader(dataset=list(dataset_dicts), mapper=DatasetMapper(**kwargs))

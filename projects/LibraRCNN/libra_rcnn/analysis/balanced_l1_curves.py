@@ -21,12 +21,14 @@ import torch
 
 from detectron2.config import get_cfg
 
-from ..balanced_l1 import BalancedL1Options
-from ..config import add_libra_config
-from ..imbalance import INLIER_LOSS, box_reg_loss_and_grad
+from ..config import EXIT_BAD_INPUT, InputError, add_libra_config, build_config, config_keys
+from ..modeling.balanced_l1 import BalancedL1Options
+from ..modeling.imbalance import INLIER_LOSS, box_reg_loss_and_grad
 from . import save_figure
 
 __all__ = ["curves", "draw_balanced_l1_curves", "main"]
+
+PROG = "python -m libra_rcnn.analysis.balanced_l1_curves"
 
 
 def curves(
@@ -109,29 +111,33 @@ def draw_balanced_l1_curves(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Draw balanced L1 vs smooth L1 gradient and loss curves (Fig. 5).")
-    parser.add_argument("--config-file", default="", help="config whose MODEL.LIBRA.BALANCED_L1 keys are drawn")
+    parser = argparse.ArgumentParser(prog=PROG, description="Draw balanced L1 vs smooth L1 gradient and loss curves (Fig. 5).")
+    parser.add_argument("--config-file", default="", help="config whose balanced L1 keys are drawn (its head's: "
+                        "MODEL.LIBRA.BALANCED_L1, or MODEL.LIBRA.RETINANET.BALANCED_L1 for Libra RetinaNet)")
     parser.add_argument("--out", required=True, help="PNG path")
     parser.add_argument("--max-x", type=float, default=3.0, help="end of the |x| axis (default 3)")
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.2, 0.3], help="further alphas to draw")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    add_libra_config(cfg)
     try:
         if args.config_file:
-            if not os.path.isfile(args.config_file):
-                raise ValueError(f"config file {args.config_file} not found")
-            cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        options = BalancedL1Options.from_config(cfg)
+            cfg = build_config(args)
+        else:  # the defaults and the overrides
+            cfg = get_cfg()
+            add_libra_config(cfg)
+            cfg.merge_from_list(args.opts)
+        if cfg.MODEL.META_ARCHITECTURE in ("LibraRetinaNet", "FSAF"):
+            options = BalancedL1Options.from_config(cfg.MODEL.LIBRA.RETINANET.BALANCED_L1, "MODEL.LIBRA.RETINANET.BALANCED_L1")
+        else:
+            options = BalancedL1Options.from_config(cfg.MODEL.LIBRA.BALANCED_L1, "MODEL.LIBRA.BALANCED_L1")
         if not args.max_x > 0:
             raise ValueError(f"--max-x = {args.max_x} must be positive")
-        for a in args.alphas:
-            replace(options, alpha=a)  # checks the value, naming MODEL.LIBRA.BALANCED_L1.ALPHA
-    except (KeyError, ValueError, AssertionError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        with config_keys(alpha="--alphas"):
+            for a in args.alphas:
+                replace(options, alpha=a)  # checks the value
+    except (InputError, KeyError, ValueError, AssertionError, OSError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     betas = [cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA] + ([1.0] if cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA != 1.0 else [])
     x, rows = curves(options, betas, args.alphas, args.max_x)
     half = int(torch.argmin((x - 0.5).abs()))  # the grid point nearest |x| = 0.5

@@ -9,7 +9,7 @@ training mode, without gradients, and fed the split's images at test-time size w
 annotations: the RPN proposes, the RoI heads sample RoIs as in training, and the box
 predictor's residuals x = predicted - GT box deltas of the foreground RoIs are collected
 (:meth:`LibraFastRCNNOutputLayers.box_residuals`). On these residuals
-:func:`libra_rcnn.imbalance.fixed_rule_gradient_shares` counts as inliers the RoIs whose
+:func:`libra_rcnn.modeling.imbalance.fixed_rule_gradient_shares` counts as inliers the RoIs whose
 smooth L1 loss (beta 1, the paper's baseline) is below 1 and gives the inliers' share of the
 gradient under smooth L1 and under balanced L1 (the run's ``MODEL.LIBRA.BALANCED_L1``).
 
@@ -32,12 +32,15 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ..balanced_l1 import BalancedL1Options
-from ..box_predictor import LibraFastRCNNOutputLayers
-from ..imbalance import fixed_rule_gradient_shares
+from ..config import EXIT_BAD_INPUT, InputError, build_config
+from ..modeling.balanced_l1 import BalancedL1Options
+from ..modeling.box_predictor import LibraFastRCNNOutputLayers
+from ..modeling.imbalance import fixed_rule_gradient_shares
 from . import annotated_loader
 
 __all__ = ["foreground_residuals", "run_shares", "main"]
+
+PROG = "python -m libra_rcnn.analysis.inlier_gradients"
 
 
 @torch.no_grad()
@@ -64,25 +67,25 @@ def foreground_residuals(model, cfg, dataset_dicts: Sequence[dict], seed: int = 
             f"the model's box predictor is {type(predictor).__name__}, not LibraFastRCNNOutputLayers: "
             "set MODEL.ROI_HEADS.NAME to LibraROIHeads"
         )
+    heads = model.roi_heads
     found: List[torch.Tensor] = []
-    losses = predictor.losses
-
-    def capture(predictions, proposals):
-        foreground, residual = predictor.box_residuals(predictions[1], proposals)
-        found.append(residual[foreground].cpu())
-        return losses(predictions, proposals)
-
     loader = annotated_loader(cfg, dataset_dicts)
     torch.manual_seed(seed)
-    predictor.losses = capture  # an instance attribute, removed below
     was_training = model.training
     try:
-        model.train()
+        model.train()  # the RPN and the RoI heads sample as in training
         with EventStorage(0):
             for batch in loader:
-                model(batch)
+                images = model.preprocess_image(batch)
+                features = model.backbone(images.tensor)
+                targets = [x["instances"].to(model.device) for x in batch]
+                proposals, _ = model.proposal_generator(images, features, targets)
+                proposals = heads.label_and_sample_proposals(proposals, targets)
+                pooled = heads.box_pooler([features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals])
+                _, pred_deltas = predictor(heads.box_head(pooled))
+                foreground, residual = predictor.box_residuals(pred_deltas, proposals)
+                found.append(residual[foreground].cpu())
     finally:
-        del predictor.losses
         model.train(was_training)
     return torch.cat(found) if found else torch.zeros(0, 4)
 
@@ -98,8 +101,6 @@ def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int) -
         InputError: for a folder without ``config.yaml`` or ``model_final.pth``, or an
             unregistered split; ValueError for a model without LibraROIHeads.
     """
-    from ..engine import InputError, build_config
-
     config, weights = os.path.join(run_dir, "config.yaml"), os.path.join(run_dir, "model_final.pth")
     for path in (config, weights):
         if not os.path.isfile(path):
@@ -112,7 +113,7 @@ def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int) -
     model = build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     residual = foreground_residuals(model, cfg, dataset_dicts, seed)
-    options = BalancedL1Options.from_config(cfg)
+    options = BalancedL1Options.from_config(cfg.MODEL.LIBRA.BALANCED_L1, "MODEL.LIBRA.BALANCED_L1")
     beta = 1.0  # the paper's baseline RoI head: smooth L1 at beta 1 (METHODS.md §4)
     shares = fixed_rule_gradient_shares(residual, beta, options)
     return {"run": run_dir, "split": split, "images": len(dataset_dicts), "smooth_l1_beta": beta,
@@ -120,9 +121,7 @@ def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int) -
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..engine import InputError
-
-    parser = argparse.ArgumentParser(description="Inliers' share of the box gradient, one rule for both losses.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Inliers' share of the box gradient, one rule for both losses.")
     parser.add_argument("--runs", nargs="+", required=True, help="training output folders")
     parser.add_argument("--labels", nargs="*", default=None, help="a name per run (default: its folder)")
     parser.add_argument("--split", default=None, help="registered dataset (default: the run's first DATASETS.TRAIN)")
@@ -148,8 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"{result['balanced_l1_own_grad_share']:.3f} of the gradient)"
             )
     except (InputError, ValueError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -37,11 +37,14 @@ from detectron2.modeling import build_model
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
 from detectron2.modeling.sampling import subsample_labels
 
-from ..imbalance import HARD_NEGATIVE_IOU
-from ..roi_heads import build_roi_sampler, label_proposals
+from ..config import EXIT_BAD_INPUT, InputError, build_config, check_weights_file
+from ..modeling.imbalance import HARD_NEGATIVE_IOU
+from ..modeling.roi_heads import build_roi_sampler, label_proposals
 from . import annotated_loader, save_figure
 
 __all__ = ["NEGATIVE_SETS", "negative_ious", "iou_histogram", "hard_share", "draw_iou_histograms", "main"]
+
+PROG = "python -m libra_rcnn.analysis.iou_histograms"
 
 NEGATIVE_SETS = ("random", "iou_balanced", "hard")
 _TITLES = {
@@ -162,9 +165,7 @@ def draw_iou_histograms(ious: Dict[str, torch.Tensor], bg_iou_thresh: float, out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from ..engine import InputError, build_config
-
-    parser = argparse.ArgumentParser(description="IoU histograms of random, IoU-balanced and hard negatives (Fig. 3).")
+    parser = argparse.ArgumentParser(prog=PROG, description="IoU histograms of random, IoU-balanced and hard negatives (Fig. 3).")
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--out", required=True, help="PNG path")
     parser.add_argument("--split", default=None, help="registered dataset (default: the config's first DATASETS.TEST)")
@@ -175,10 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg = build_config(args)
         weights = cfg.MODEL.WEIGHTS
-        if not weights or not os.path.isfile(weights):
-            raise InputError(
-                f"MODEL.WEIGHTS {weights!r} is not a checkpoint file; pass MODEL.WEIGHTS path/to/model_final.pth"
-            )
+        check_weights_file(weights, "MODEL.WEIGHTS", "the analysis of a trained model")
         split = args.split or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
         if split not in DatasetCatalog.list():
             raise InputError(f"dataset {split!r} (--split) is not registered in DatasetCatalog")
@@ -192,8 +190,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _check_two_stage(model)
         dataset_dicts = DatasetCatalog.get(split)
     except (InputError, ValueError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.max_images:
         dataset_dicts = dataset_dicts[: args.max_images]
     DetectionCheckpointer(model).load(weights)

@@ -4,7 +4,7 @@
         [--labels NAME1 NAME2 ...] --out stats.png
 
 Reads the scalars of ``LibraROIHeads`` and ``LibraFastRCNNOutputLayers`` (see
-:mod:`libra_rcnn.imbalance`) from Detectron2's ``metrics.json`` (one JSON object per line,
+:mod:`libra_rcnn.modeling.imbalance`) from Detectron2's ``metrics.json`` (one JSON object per line,
 written by ``JSONWriter``) of one or more runs and draws three panels:
 
 - (a) ``roi_head/hard_negative_share``: share of the sampled negatives at IoU >= 0.05, over
@@ -23,10 +23,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..imbalance import HARD_NEGATIVE_IOU, NEG_IOU_BIN_EDGES, NEG_IOU_BIN_NAMES
+from ..config import EXIT_BAD_INPUT
+from ..modeling.imbalance import HARD_NEGATIVE_IOU, NEG_IOU_BIN_EDGES, NEG_IOU_BIN_NAMES
 from . import save_figure
 
 __all__ = ["read_metrics", "series", "mean_bins", "draw_training_stats", "main"]
+
+PROG = "python -m libra_rcnn.analysis.training_stats"
 
 BIN_KEYS = tuple(f"roi_head/num_bg_iou_{name}" for name in NEG_IOU_BIN_NAMES)
 
@@ -124,7 +127,7 @@ def draw_training_stats(runs: Dict[str, Sequence[dict]], output: str, title: str
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Plot the imbalance statistics of training runs' metrics.json.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Plot the imbalance statistics of training runs' metrics.json.")
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of each run")
     parser.add_argument("--labels", nargs="*", default=None, help="a name per run (default: its folder's name)")
     parser.add_argument("--out", required=True, help="PNG path")
@@ -146,8 +149,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         print(draw_training_stats(runs, args.out, args.title))
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0
 
 

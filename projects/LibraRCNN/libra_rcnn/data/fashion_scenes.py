@@ -29,7 +29,12 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from detectron2.data import DatasetCatalog
+from detectron2.data.datasets import register_coco_instances
 from PIL import Image
+
+from ..config import EXIT_BAD_INPUT
+from ..io import atomic_open
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -39,6 +44,8 @@ __all__ = [
     "build_fashion_scenes",
     "register_fashion_scenes",
 ]
+
+PROG = "python -m libra_rcnn.data"
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -295,10 +302,8 @@ def build_fashion_scenes(
             "annotations": coco_annotations,
             "categories": categories,
         }
-        tmp = json_file + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_open(json_file) as f:
             json.dump(coco, f, sort_keys=True)
-        os.replace(tmp, json_file)
         written[split] = json_file
     return written
 
@@ -321,9 +326,6 @@ def register_fashion_scenes(root: Optional[str] = None, prefix: str = "fashion_s
     Returns:
         the dataset names.
     """
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.datasets import register_coco_instances
-
     root = root or default_root()
     names = []
     for split in ("train", "val"):
@@ -337,7 +339,7 @@ def register_fashion_scenes(root: Optional[str] = None, prefix: str = "fashion_s
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the Fashion-MNIST scenes detection dataset.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Build the Fashion-MNIST scenes detection dataset.")
     parser.add_argument("--out", default=None, help="output folder (default: $DETECTRON2_DATASETS/fashion_scenes)")
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-val", type=int, default=200)
@@ -352,8 +354,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             out, args.num_train, args.num_val, args.seed, args.size, args.fashion_mnist_dir
         )
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for split, path in written.items():
         print(f"{split}: {path}")
     print(f"built in {time.perf_counter() - start:.1f} s")

@@ -5,130 +5,46 @@ Libra R-CNN §3.1, Eq. 1–2; METHODS.md §2.
 Every function here works on the proposals of a whole batch at once, flattened into one
 dimension with an ``image_index`` per proposal, and returns boolean masks. Draws are made
 without replacement by ranking the candidates inside groups (one group per IoU bin, GT box or
-image) in a random order, so there is no Python loop over boxes and no host-device
-synchronisation: the quotas stay tensors on the proposals' device from start to end.
+image) in a random order (:class:`~libra_rcnn.modeling.random_order.RandomOrder`), so there is
+no Python loop over boxes and no host-device synchronisation: the quotas stay tensors on the
+proposals' device from start to end.
 
 A random order costs a sort of the whole batch, the bulk of the sampler's time; one order
 serves several draws where that leaves each draw uniform: draws on disjoint candidate sets
 (positives and negatives, IoU bins and the negatives below the floor), or draws of which
-at most one takes anything in each image. :class:`BalancedRoISampler` thus sorts twice per
-batch (three times with a floor), where drawing each step with its own order sorted five times.
+at most one takes anything in each image. :class:`BalancedRoISampler`, which training runs,
+is built from the public functions and passes them shared orders: it sorts twice per batch
+(three times with a floor), where drawing each step with its own order sorted five times.
 """
 import math
 from typing import Optional, Tuple
 
 import torch
 
-from .config import BINNINGS, NEG_SAMPLERS, POS_SAMPLERS, check_choice, check_range
+from ..config import ArgumentError, check_choice, check_int, check_range
+from .random_order import RandomOrder, sample_within_groups
 
 __all__ = [
     "sample_within_groups",
-    "random_positives",
     "instance_balanced_positives",
     "random_negatives",
     "iou_balanced_negatives",
+    "iou_bins",
     "BalancedRoISampler",
+    "POS_SAMPLERS",
+    "NEG_SAMPLERS",
+    "BINNINGS",
 ]
 
-
-class _RandomOrder:
-    """A uniformly random order of the elements inside each of ``num_groups`` groups.
-
-    Args:
-        groups: int64 (N,): the group of each element in [0, num_groups), or -1 for none.
-        num_groups: G.
-        generator: optional ``torch.Generator`` on the device of ``groups``.
-    """
-
-    def __init__(self, groups: torch.Tensor, num_groups: int, generator: Optional[torch.Generator]):
-        device = groups.device
-        self.num_groups = num_groups
-        group = torch.where(groups >= 0, groups, num_groups)
-        # Shuffle, then sort by group alone. Whatever order a sort gives equal keys depends
-        # only on the sequence of keys, and the shuffle places each group's members on that
-        # group's positions uniformly at random: every order inside every group is equally
-        # likely. (Sorting integer keys with few distinct values is much cheaper than sorting
-        # random floats.)
-        perm = torch.randperm(groups.numel(), generator=generator, device=device)
-        self.sorted_group, order = torch.sort(group.index_select(0, perm))
-        self.order = perm.index_select(0, order)
-        # (scatter_add_ rather than bincount, which reads the largest value back to the host on a GPU)
-        sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device)
-        sizes.scatter_add_(0, group, torch.ones_like(group))
-        # Position (in sorted order) of the first element of each element's group.
-        self.group_start = (torch.cumsum(sizes, 0) - sizes).index_select(0, self.sorted_group)
-
-    def draw(self, candidates: torch.Tensor, quotas: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """In every group ``offset + j``, the first ``quotas[j]`` candidates in this order.
-
-        That is ``min(quotas[j], #candidates)`` of the group's candidates, every subset of that
-        size equally likely; groups outside ``[offset, offset + len(quotas))`` give none.
-
-        Args:
-            candidates: bool (N,).
-            quotas: integer (Q,); negative values count as 0.
-            offset: group of ``quotas[0]``.
-
-        Returns:
-            bool (N,): the drawn elements.
-        """
-        # index_select and scatter_ rather than indexing with [], several times faster on the CPU.
-        picked = candidates.index_select(0, self.order)
-        before = torch.cumsum(picked, 0) - picked.to(torch.int64)  # candidates before, in order
-        rank = before - before.index_select(0, self.group_start)  # ... and in the same group
-        limit = torch.zeros(self.num_groups + 1, dtype=torch.int64, device=candidates.device)
-        limit[offset : offset + quotas.numel()] = quotas
-        drawn = picked & (rank < limit.index_select(0, self.sorted_group))
-        return torch.empty_like(drawn).scatter_(0, self.order, drawn)
+POS_SAMPLERS = ("instance_balanced", "random")
+NEG_SAMPLERS = ("iou_balanced", "random")
+BINNINGS = ("paper", "mmdet")
 
 
-def sample_within_groups(
-    groups: torch.Tensor, quotas: torch.Tensor, generator: Optional[torch.Generator] = None
-) -> torch.Tensor:
-    """Draw ``min(quotas[g], size of group g)`` members of every group g, uniformly at random.
-
-    Args:
-        groups: int64 tensor of shape (N,): the group of each element in [0, G), or -1 for
-            an element that is not a candidate.
-        quotas: integer tensor of shape (G,): how many members to draw from each group
-            (negative values count as 0).
-        generator: optional ``torch.Generator`` on the device of ``groups``; the default
-            generator of that device when None.
-
-    Returns:
-        bool tensor of shape (N,): True for the drawn elements. Drawn without replacement:
-        every subset of the wanted size of a group is equally likely.
-    """
-    return _RandomOrder(groups, quotas.numel(), generator).draw(groups >= 0, quotas)
-
-
-def _count_per_image(mask: torch.Tensor, image_index: torch.Tensor, num_images: int) -> torch.Tensor:
+def count_per_image(mask: torch.Tensor, image_index: torch.Tensor, num_images: int) -> torch.Tensor:
     """int64 (num_images,): number of True elements of ``mask`` in each image."""
     counts = torch.zeros(num_images, dtype=torch.int64, device=mask.device)
     return counts.scatter_add_(0, image_index, mask.to(torch.int64))
-
-
-def random_positives(
-    pos_mask: torch.Tensor,
-    image_index: torch.Tensor,
-    num_images: int,
-    num_expected: int,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
-    """Detectron2's random positive sampling: ``min(num_expected, #positives)`` per image.
-
-    Args:
-        pos_mask: bool (N,), the positive candidates.
-        image_index: int64 (N,), the image of each proposal in [0, num_images).
-        num_images: number of images in the batch.
-        num_expected: P, positives wanted per image.
-        generator: optional generator on the proposals' device.
-
-    Returns:
-        bool (N,): the sampled positives.
-    """
-    quotas = torch.full((num_images,), num_expected, dtype=torch.int64, device=pos_mask.device)
-    return _RandomOrder(image_index, num_images, generator).draw(pos_mask, quotas)
 
 
 def instance_balanced_positives(
@@ -139,6 +55,9 @@ def instance_balanced_positives(
     num_gts: int,
     num_expected: int,
     generator: Optional[torch.Generator] = None,
+    *,
+    by_gt: Optional[RandomOrder] = None,
+    by_image: Optional[RandomOrder] = None,
 ) -> torch.Tensor:
     """Instance-balanced positive sampling (METHODS.md §2, the reference configuration).
 
@@ -158,27 +77,17 @@ def instance_balanced_positives(
         num_gts: GT boxes in the batch.
         num_expected: P, positives wanted per image.
         generator: optional generator on the proposals' device.
+        by_gt, by_image: random orders to draw with (:class:`RandomOrder`), made here when
+            None: ``by_gt`` must put every positive in group ``gt_index`` (other groups draw
+            nothing); ``by_image`` groups by image and is independent of ``by_gt``.
 
     Returns:
         bool (N,): the sampled positives; exactly ``min(P, #candidates)`` per image.
     """
-    by_gt = _RandomOrder(torch.where(pos_mask, gt_index, torch.full_like(gt_index, -1)), num_gts, generator)
-    by_image = _RandomOrder(image_index, num_images, generator)
-    return _instance_balanced(pos_mask, gt_index, image_index, num_images, num_gts, num_expected, by_gt, by_image)
-
-
-def _instance_balanced(
-    pos_mask: torch.Tensor,
-    gt_index: torch.Tensor,
-    image_index: torch.Tensor,
-    num_images: int,
-    num_gts: int,
-    num_expected: int,
-    by_gt: _RandomOrder,
-    by_image: _RandomOrder,
-) -> torch.Tensor:
-    """:func:`instance_balanced_positives` with given orders: ``by_gt`` puts every positive in
-    group ``gt_index``; ``by_image`` groups by image and is independent of ``by_gt``."""
+    if by_gt is None:
+        by_gt = RandomOrder(torch.where(pos_mask, gt_index, torch.full_like(gt_index, -1)), num_gts, generator)
+    if by_image is None:
+        by_image = RandomOrder(image_index, num_images, generator)
     device = pos_mask.device
     gt_slot = torch.where(pos_mask, gt_index, torch.full_like(gt_index, num_gts))
     # Which GT boxes have positives, and in which image each of them lies.
@@ -190,16 +99,17 @@ def _instance_balanced(
     num_distinct = torch.zeros(num_images, dtype=torch.int64, device=device)
     num_distinct.scatter_add_(0, gt_image, has_pos)
 
-    num_candidates = _count_per_image(pos_mask, image_index, num_images)
+    num_candidates = count_per_image(pos_mask, image_index, num_images)
     per_gt = torch.round(num_expected / num_distinct.clamp(min=1).to(torch.float64)).to(torch.int64) + 1
     # An image with at most P candidates takes them all.
     per_gt = torch.where(num_candidates <= num_expected, num_candidates, per_gt)
     drawn = by_gt.draw(pos_mask, per_gt.index_select(0, gt_image))
-    num_drawn = _count_per_image(drawn, image_index, num_images)
+    num_drawn = count_per_image(drawn, image_index, num_images)
     # In each image, either the caps left a shortfall, filled from the positives not drawn,
     # or too many were drawn, subsampled to P; never both, so the two share one order.
     keep = by_image.draw(drawn, torch.full_like(num_drawn, num_expected))
     return keep | by_image.draw(pos_mask & ~drawn, (num_expected - num_drawn).clamp(min=0))
+
 
 
 def random_negatives(
@@ -208,8 +118,10 @@ def random_negatives(
     num_images: int,
     num_expected: torch.Tensor,
     generator: Optional[torch.Generator] = None,
+    *,
+    by_image: Optional[RandomOrder] = None,
 ) -> torch.Tensor:
-    """Random negative sampling (METHODS.md §2, p = N / M).
+    """Random negative sampling (METHODS.md §2, p = N / M), as Detectron2's ``subsample_labels``.
 
     Args:
         neg_mask: bool (N,), the negative candidates.
@@ -217,23 +129,28 @@ def random_negatives(
         num_images: images in the batch.
         num_expected: int64 (num_images,), negatives wanted per image.
         generator: optional generator on the proposals' device.
+        by_image: a random order by image to draw with (made here when None).
 
     Returns:
         bool (N,): the sampled negatives, ``min(num_expected[i], #candidates)`` per image.
     """
-    return _RandomOrder(image_index, num_images, generator).draw(neg_mask, num_expected)
+    by_image = by_image or RandomOrder(image_index, num_images, generator)
+    return by_image.draw(neg_mask, num_expected)
 
 
-def _check_negative_options(num_bins: int, binning: str, bg_iou_thresh: float, floor_thr: float, floor_fraction: float):
-    check_range("num_bins", num_bins, 1)
+def _check_negative_options(num_bins, binning: str, bg_iou_thresh: float, floor_thr: float, floor_fraction: float):
+    check_int("num_bins", num_bins, 1)
     check_choice("binning", binning, BINNINGS)
     check_range("floor_fraction", floor_fraction, 0.0, 1.0)
-    check_range("floor_thr", floor_thr, -1.0, bg_iou_thresh, high_open=True)
-    if 0 > floor_thr > -1:
-        raise ValueError(f"floor_thr = {floor_thr} must be -1 (off) or in [0, {bg_iou_thresh})")
+    if not (floor_thr == -1.0 or 0.0 <= floor_thr < bg_iou_thresh):
+        raise ArgumentError(
+            "floor_thr",
+            f"floor_thr = {floor_thr!r} must be -1 (off) or lie in [0, {bg_iou_thresh}) "
+            "(below the background IoU threshold)",
+        )
 
 
-def _iou_bins(
+def iou_bins(
     neg_mask: torch.Tensor,
     max_iou: torch.Tensor,
     image_index: torch.Tensor,
@@ -243,9 +160,12 @@ def _iou_bins(
     binning: str,
     floor_thr: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The negatives above the floor (``binned``, bool (N,)) and the IoU bin of each as a group
-    ``image * num_bins + bin`` (int64 (N,), -1 outside every bin); see
-    :func:`iou_balanced_negatives`."""
+    """The negatives above the floor and the IoU bin of each, for :func:`iou_balanced_negatives`.
+
+    Returns:
+        (binned, group): bool (N,), the negatives that are binned; int64 (N,), the group
+        ``image * num_bins + bin`` of each, -1 outside every bin.
+    """
     low = max(floor_thr, 0.0)
     if binning == "paper":
         # Bins over [low, bg_iou_thresh); with the floor off, low = 0 and every negative is binned.
@@ -266,6 +186,7 @@ def _iou_bins(
     return binned, torch.where(in_bins, groups, torch.full_like(groups, -1))
 
 
+
 def iou_balanced_negatives(
     neg_mask: torch.Tensor,
     max_iou: torch.Tensor,
@@ -278,6 +199,11 @@ def iou_balanced_negatives(
     floor_thr: float = -1.0,
     floor_fraction: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    *,
+    bins: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    by_bin: Optional[RandomOrder] = None,
+    bin_offset: int = 0,
+    by_image: Optional[RandomOrder] = None,
 ) -> torch.Tensor:
     """IoU-balanced negative sampling (Libra R-CNN §3.1, Eq. 2; METHODS.md §2).
 
@@ -310,43 +236,25 @@ def iou_balanced_negatives(
         floor_thr: IoU floor; -1 turns it off.
         floor_fraction: in [0, 1].
         generator: optional generator on the proposals' device.
+        bins: :func:`iou_bins` of these arguments when the caller has them.
+        by_bin, bin_offset, by_image: random orders to draw with (:class:`RandomOrder`), made
+            here when None: ``by_bin`` must put every binned negative in group ``bin_offset``
+            plus its bin group; ``by_image`` groups by image, is independent of ``by_bin`` and
+            draws nothing else among the negatives.
 
     Returns:
         bool (N_all,): the sampled negatives.
 
     Raises:
-        ValueError: for K < 1, an unknown binning, or a floor outside its range.
+        ArgumentError: for K < 1, an unknown binning, or a floor outside its range.
     """
     _check_negative_options(num_bins, binning, bg_iou_thresh, floor_thr, floor_fraction)
-    binned, bin_group = _iou_bins(
+    binned, bin_group = bins or iou_bins(
         neg_mask, max_iou, image_index, num_images, num_bins, bg_iou_thresh, binning, floor_thr
     )
-    by_bin = _RandomOrder(bin_group, num_images * num_bins, generator)
-    by_image = _RandomOrder(image_index, num_images, generator)
-    return _iou_balanced(
-        neg_mask, image_index, num_images, num_expected, binned, by_bin, 0, by_image,
-        num_bins, binning, floor_thr, floor_fraction, generator,
-    )  # fmt: skip
-
-
-def _iou_balanced(
-    neg_mask: torch.Tensor,
-    image_index: torch.Tensor,
-    num_images: int,
-    num_expected: torch.Tensor,
-    binned: torch.Tensor,
-    by_bin: _RandomOrder,
-    bin_offset: int,
-    by_image: _RandomOrder,
-    num_bins: int,
-    binning: str,
-    floor_thr: float,
-    floor_fraction: float,
-    generator: Optional[torch.Generator],
-) -> torch.Tensor:
-    """:func:`iou_balanced_negatives` with given orders: ``by_bin`` puts every negative of
-    IoU bin ``image * num_bins + bin`` in group ``bin_offset`` plus that; ``by_image`` groups
-    by image, is independent of ``by_bin`` and draws nothing else among the negatives."""
+    if by_bin is None:
+        by_bin, bin_offset = RandomOrder(bin_group, num_images * num_bins, generator), 0
+    by_image = by_image or RandomOrder(image_index, num_images, generator)
     neg_expected = num_expected.to(torch.int64)
     if binning == "paper":
         floor_expected = torch.floor(neg_expected * floor_fraction).to(torch.int64)
@@ -359,7 +267,7 @@ def _iou_balanced(
     drawn = by_bin.draw(binned, per_bin.repeat_interleave(num_bins), bin_offset)
 
     def still_wanted(target: torch.Tensor) -> torch.Tensor:
-        return (target - _count_per_image(drawn, image_index, num_images)).clamp(min=0)
+        return (target - count_per_image(drawn, image_index, num_images)).clamp(min=0)
 
     below_floor = neg_mask & ~binned
     # by_image serves every draw below on sets disjoint from each other's drawn elements; the
@@ -372,11 +280,12 @@ def _iou_balanced(
             # The bins wanted all N and took all they had, the rest came from below the floor:
             # no negative is left while one is wanted.
             return drawn
-        fill_order = _RandomOrder(image_index, num_images, generator)
+        fill_order = RandomOrder(image_index, num_images, generator)
     elif floor_thr >= 0:
         drawn |= by_image.draw(below_floor, floor_expected)
-        fill_order = _RandomOrder(image_index, num_images, generator)
+        fill_order = RandomOrder(image_index, num_images, generator)
     return drawn | fill_order.draw(neg_mask & ~drawn, still_wanted(neg_expected))
+
 
 
 class BalancedRoISampler:
@@ -385,8 +294,9 @@ class BalancedRoISampler:
     Positive candidates are proposals whose label is a class in [0, num_classes), negatives
     those labelled background (``num_classes``); ignored proposals (-1) are never drawn, as
     in Detectron2's ``subsample_labels``. Per image, P = ``int(batch_size_per_image *
-    positive_fraction)`` positives are wanted and ``batch_size_per_image`` minus the
-    positives drawn negatives.
+    positive_fraction)`` positives are wanted (:func:`instance_balanced_positives`, or a
+    uniform draw), and ``batch_size_per_image`` minus the positives drawn negatives
+    (:func:`iou_balanced_negatives` or :func:`random_negatives`).
 
     Args:
         batch_size_per_image: RoIs per image (512 in the paper).
@@ -395,10 +305,10 @@ class BalancedRoISampler:
         neg: ``"iou_balanced"`` or ``"random"``.
         num_bins, binning, floor_thr, floor_fraction, bg_iou_thresh: see
             :func:`iou_balanced_negatives`.
-        key_prefix: config key named in error messages.
 
     Raises:
-        ValueError: for any value out of its range, naming ``key_prefix`` + the key.
+        ArgumentError: for any value out of its range, naming the argument (the
+            ``MODEL.LIBRA.SAMPLER`` key when built from a config by ``LibraROIHeads``).
     """
 
     def __init__(
@@ -412,26 +322,19 @@ class BalancedRoISampler:
         floor_thr: float = -1.0,
         floor_fraction: float = 0.0,
         bg_iou_thresh: float = 0.5,
-        key_prefix: str = "MODEL.LIBRA.SAMPLER.",
     ):
-        self.pos = check_choice(key_prefix + "POS", pos, POS_SAMPLERS)
-        self.neg = check_choice(key_prefix + "NEG", neg, NEG_SAMPLERS)
-        self.num_bins = check_range(key_prefix + "NUM_BINS", int(num_bins), 1)
-        if num_bins != int(num_bins):
-            raise ValueError(f"{key_prefix}NUM_BINS = {num_bins!r} must be an integer >= 1")
-        self.binning = check_choice(key_prefix + "BINNING", binning, BINNINGS)
-        self.floor_fraction = check_range(key_prefix + "FLOOR_FRACTION", float(floor_fraction), 0.0, 1.0)
-        self.floor_thr = float(floor_thr)
-        if not (self.floor_thr == -1.0 or 0.0 <= self.floor_thr < bg_iou_thresh):
-            raise ValueError(
-                f"{key_prefix}FLOOR_THR = {floor_thr!r} must be -1 (off) or lie in [0, {bg_iou_thresh}) "
-                "(below the background IoU threshold MODEL.ROI_HEADS.IOU_THRESHOLDS[0])"
-            )
-        self.batch_size_per_image = int(batch_size_per_image)
-        self.positive_fraction = float(positive_fraction)
+        self.pos = check_choice("pos", pos, POS_SAMPLERS)
+        self.neg = check_choice("neg", neg, NEG_SAMPLERS)
         self.bg_iou_thresh = float(bg_iou_thresh)
         if not math.isfinite(self.bg_iou_thresh) or self.bg_iou_thresh <= 0:
-            raise ValueError(f"background IoU threshold {bg_iou_thresh!r} must be positive and finite")
+            raise ArgumentError("bg_iou_thresh", f"bg_iou_thresh = {bg_iou_thresh!r} must be positive and finite")
+        _check_negative_options(num_bins, binning, self.bg_iou_thresh, float(floor_thr), float(floor_fraction))
+        self.num_bins = int(num_bins)
+        self.binning = binning
+        self.floor_thr = float(floor_thr)
+        self.floor_fraction = float(floor_fraction)
+        self.batch_size_per_image = int(batch_size_per_image)
+        self.positive_fraction = float(positive_fraction)
 
     @property
     def num_pos_expected(self) -> int:
@@ -466,35 +369,34 @@ class BalancedRoISampler:
         """
         pos_mask = (gt_classes >= 0) & (gt_classes < num_classes)
         neg_mask = gt_classes == num_classes
-        num_pos = self.num_pos_expected
-        # One order by GT box (positives) and IoU bin (negatives), one by image: each serves
-        # disjoint positives and negatives (see the module's docstring).
+        instance_balanced, iou_balanced = self.pos == "instance_balanced", self.neg == "iou_balanced"
+        # One order by GT box (positives) and IoU bin (negatives, after the GT boxes), one by
+        # image: each serves disjoint positives and negatives (see the module's docstring).
         groups = torch.full_like(gt_index, -1)
-        if self.pos == "instance_balanced":
+        if instance_balanced:
             groups = torch.where(pos_mask, gt_index, groups)
-        if self.neg == "iou_balanced":
-            binned, bin_group = _iou_bins(
-                neg_mask, max_iou, image_index, num_images, self.num_bins, self.bg_iou_thresh,
-                self.binning, self.floor_thr,
-            )  # fmt: skip
-            groups = torch.where(bin_group >= 0, bin_group + num_gts, groups)
-            by_gt_or_bin = _RandomOrder(groups, num_gts + num_images * self.num_bins, generator)
-        elif self.pos == "instance_balanced":
-            by_gt_or_bin = _RandomOrder(groups, num_gts, generator)
-        by_image = _RandomOrder(image_index, num_images, generator)
+        bins = None
+        if iou_balanced:
+            bins = iou_bins(neg_mask, max_iou, image_index, num_images, self.num_bins, self.bg_iou_thresh,
+                            self.binning, self.floor_thr)  # fmt: skip
+            groups = torch.where(bins[1] >= 0, bins[1] + num_gts, groups)
+        by_gt_or_bin = None
+        if instance_balanced or iou_balanced:
+            by_gt_or_bin = RandomOrder(groups, num_gts + (num_images * self.num_bins if iou_balanced else 0), generator)
+        by_image = RandomOrder(image_index, num_images, generator)
 
-        if self.pos == "instance_balanced":
-            pos = _instance_balanced(
-                pos_mask, gt_index, image_index, num_images, num_gts, num_pos, by_gt_or_bin, by_image
-            )
+        num_pos = self.num_pos_expected
+        if instance_balanced:
+            pos = instance_balanced_positives(pos_mask, gt_index, image_index, num_images, num_gts, num_pos,
+                                              by_gt=by_gt_or_bin, by_image=by_image)  # fmt: skip
         else:
             pos = by_image.draw(pos_mask, torch.full((num_images,), num_pos, dtype=torch.int64, device=pos_mask.device))
-        num_neg = self.batch_size_per_image - _count_per_image(pos, image_index, num_images)
-        if self.neg == "iou_balanced":
-            neg = _iou_balanced(
-                neg_mask, image_index, num_images, num_neg, binned, by_gt_or_bin, num_gts, by_image,
-                self.num_bins, self.binning, self.floor_thr, self.floor_fraction, generator,
-            )  # fmt: skip
-        else:
-            neg = by_image.draw(neg_mask, num_neg)
+        num_neg = self.batch_size_per_image - count_per_image(pos, image_index, num_images)
+        if not iou_balanced:
+            return pos, random_negatives(neg_mask, image_index, num_images, num_neg, by_image=by_image)
+        neg = iou_balanced_negatives(
+            neg_mask, max_iou, image_index, num_images, num_neg, self.num_bins, self.bg_iou_thresh, self.binning,
+            self.floor_thr, self.floor_fraction, generator,
+            bins=bins, by_bin=by_gt_or_bin, bin_offset=num_gts, by_image=by_image,
+        )  # fmt: skip
         return pos, neg

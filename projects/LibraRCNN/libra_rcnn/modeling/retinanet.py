@@ -11,8 +11,8 @@ from detectron2.modeling.meta_arch import RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
+from ..config import check_choice, config_keys
 from .balanced_l1 import BOX_REG_LOSS_TYPES, BalancedL1Options
-from .config import check_choice
 
 __all__ = ["LibraRetinaNet"]
 
@@ -22,9 +22,9 @@ class LibraRetinaNet(RetinaNet):
     """Detectron2's ``RetinaNet`` with ``"balanced_l1"`` as a box loss type.
 
     With ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE: "balanced_l1"`` the box loss is
-    :func:`balanced_l1_loss` of the positive anchors' predicted vs. GT ``box_delta``s
-    (parameters ``MODEL.LIBRA.BALANCED_L1.*``; Libra RetinaNet uses beta = 0.11), summed and
-    divided by the same moving average of the number of positive anchors as the focal loss.
+    :func:`balanced_l1_loss` of the positive anchors' predicted vs. GT ``box_delta``s, summed and
+    divided by the same moving average of the number of positive anchors as the focal loss
+    (parameters ``MODEL.LIBRA.RETINANET.BALANCED_L1``: beta 0.11 by default, as published).
     Every other loss type, the focal loss, anchors, matching and inference are Detectron2's.
     Combined with ``build_bfp_backbone`` around ``build_retinanet_resnet_fpn_backbone``
     (refine level 1 of P3–P7) this is Libra RetinaNet.
@@ -32,20 +32,22 @@ class LibraRetinaNet(RetinaNet):
     Select with ``MODEL.META_ARCHITECTURE: "LibraRetinaNet"``.
 
     Raises:
-        ValueError: at build time, for an unknown loss type or a balanced L1 parameter out of
-            range, naming the key.
+        ArgumentError: at build time, for an unknown loss type or a balanced L1 parameter out of
+            range, naming the argument (the key when built from a config).
     """
 
+    @config_keys(box_reg_loss_type="MODEL.RETINANET.BBOX_REG_LOSS_TYPE")
     @configurable
     def __init__(self, *, balanced_l1: BalancedL1Options = BalancedL1Options(beta=0.11), **kwargs):
         super().__init__(**kwargs)
-        check_choice("MODEL.RETINANET.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
+        check_choice("box_reg_loss_type", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
         self.balanced_l1 = balanced_l1
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["balanced_l1"] = BalancedL1Options.from_config(cfg)
+        ret["balanced_l1"] = BalancedL1Options.from_config(cfg.MODEL.LIBRA.RETINANET.BALANCED_L1,
+                                                           "MODEL.LIBRA.RETINANET.BALANCED_L1")  # fmt: skip
         return ret
 
     def losses(

@@ -10,6 +10,7 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
+from ..config import config_keys
 from .box_predictor import LibraFastRCNNOutputLayers
 from .imbalance import HARD_NEGATIVE_IOU, NEG_IOU_BIN_EDGES, NEG_IOU_BIN_NAMES, negative_iou_counts
 from .sampling import BalancedRoISampler
@@ -67,18 +68,15 @@ def build_roi_sampler(cfg, proposal_matcher) -> BalancedRoISampler:
     Raises:
         ValueError: for a sampler key out of range, naming it.
     """
-    s = cfg.MODEL.LIBRA.SAMPLER
-    return BalancedRoISampler(
-        batch_size_per_image=cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-        positive_fraction=cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
-        pos=s.POS,
-        neg=s.NEG,
-        num_bins=s.NUM_BINS,
-        binning=s.BINNING,
-        floor_thr=s.FLOOR_THR,
-        floor_fraction=s.FLOOR_FRACTION,
-        bg_iou_thresh=_background_iou_thresh(proposal_matcher),
-    )
+    names = ("pos", "neg", "num_bins", "binning", "floor_thr", "floor_fraction")  # MODEL.LIBRA.SAMPLER.<NAME>
+    keys = {name: f"MODEL.LIBRA.SAMPLER.{name.upper()}" for name in names}
+    with config_keys(bg_iou_thresh="MODEL.ROI_HEADS.IOU_THRESHOLDS", **keys):
+        return BalancedRoISampler(
+            cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+            bg_iou_thresh=_background_iou_thresh(proposal_matcher),
+            **{name: cfg.MODEL.LIBRA.SAMPLER[name.upper()] for name in names},
+        )
 
 
 @ROI_HEADS_REGISTRY.register()

@@ -1,15 +1,13 @@
-"""The project's config node ``MODEL.LIBRA`` and the checks of its values.
+"""The project's config node ``MODEL.LIBRA``, with every key at its default.
 
 Every key the project adds lives under ``cfg.MODEL.LIBRA`` and is created, with its
-default, by :func:`add_libra_config`. Each component validates the keys it reads when it
-is built (``from_config``), so a wrong value fails before training starts with a
-:class:`ValueError` that names the key, the value and what is allowed.
+default, by :func:`add_libra_config`. Each component checks the keys it reads when it is
+built (``from_config``), so a wrong value fails before training starts with an error that
+names the key, the value and what is allowed (:mod:`libra_rcnn.config.checks`).
 """
-from typing import Any, Iterable
-
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_libra_config", "check_choice", "check_range"]
+__all__ = ["add_libra_config"]
 
 REFINE_TYPES = ("none", "conv", "non_local")
 POS_SAMPLERS = ("instance_balanced", "random")
@@ -39,11 +37,14 @@ def add_libra_config(cfg: CN) -> None:
           (the reference implementation's bins over [floor, max IoU)).
         - ``FLOOR_THR``: negatives with IoU below it are sampled apart; -1 turns it off.
         - ``FLOOR_FRACTION``: share of the negatives drawn from below ``FLOOR_THR``.
-    - ``MODEL.LIBRA.BALANCED_L1``: balanced L1 loss (§4), used when
+    - ``MODEL.LIBRA.BALANCED_L1``: the balanced L1 loss (§4) of the RoI box head, used when
       ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE`` is ``"balanced_l1"``.
         - ``ALPHA`` (0.5), ``GAMMA`` (1.5), ``BETA`` (1.0, the transition point).
         - ``VARIANT``: ``"paper"`` (|x| scaled by 1/beta, continuous gradient) or
           ``"mmdet"`` (the reference implementation's formula).
+    - ``MODEL.LIBRA.RETINANET.BALANCED_L1``: the same keys for Libra RetinaNet's (and FSAF's
+      anchor-based) box loss, used when ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE`` is
+      ``"balanced_l1"``; ``BETA`` 0.11, the published Libra RetinaNet's (§5).
     - ``MODEL.LIBRA.FSAF``: the feature-selective anchor-free module (§7), used with
       ``MODEL.META_ARCHITECTURE: "FSAF"``.
         - ``ANCHOR_BASED``: ``True`` trains RetinaNet's anchor-based branch jointly (AB+FSAF)
@@ -84,11 +85,9 @@ def add_libra_config(cfg: CN) -> None:
     cfg.MODEL.LIBRA.SAMPLER.FLOOR_THR = -1.0
     cfg.MODEL.LIBRA.SAMPLER.FLOOR_FRACTION = 0.0
 
-    cfg.MODEL.LIBRA.BALANCED_L1 = CN()
-    cfg.MODEL.LIBRA.BALANCED_L1.ALPHA = 0.5
-    cfg.MODEL.LIBRA.BALANCED_L1.GAMMA = 1.5
-    cfg.MODEL.LIBRA.BALANCED_L1.BETA = 1.0
-    cfg.MODEL.LIBRA.BALANCED_L1.VARIANT = "paper"
+    cfg.MODEL.LIBRA.BALANCED_L1 = _balanced_l1(beta=1.0)
+    cfg.MODEL.LIBRA.RETINANET = CN()
+    cfg.MODEL.LIBRA.RETINANET.BALANCED_L1 = _balanced_l1(beta=0.11)
 
     cfg.MODEL.LIBRA.FSAF = CN()
     cfg.MODEL.LIBRA.FSAF.ANCHOR_BASED = True
@@ -109,30 +108,10 @@ def add_libra_config(cfg: CN) -> None:
     cfg.MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD = 20
 
 
-def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
-    """Return ``value`` if it is one of ``allowed``.
-
-    Raises:
-        ValueError: naming ``key``, the value and the allowed values.
-    """
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{key} = {value!r} is not allowed; choose one of {list(allowed)}")
-    return value
-
-
-def check_range(key: str, value, low=None, high=None, *, low_open=False, high_open=False):
-    """Return ``value`` if ``low <= value <= high`` (``<`` where the end is open).
-
-    Raises:
-        ValueError: naming ``key``, the value and the allowed interval.
-    """
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise ValueError(f"{key} = {value!r} is out of range; it must lie in {left}{lo}, {hi}{right}")
-    return value
+def _balanced_l1(beta: float) -> CN:
+    node = CN()
+    node.ALPHA = 0.5
+    node.GAMMA = 1.5
+    node.BETA = beta
+    node.VARIANT = "paper"
+    return node

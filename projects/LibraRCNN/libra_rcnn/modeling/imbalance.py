@@ -22,7 +22,7 @@ import torch
 from fvcore.nn import smooth_l1_loss
 
 from .balanced_l1 import BalancedL1Options
-from .config import check_choice
+from ..config import check_choice
 
 __all__ = [
     "NEG_IOU_BIN_EDGES",

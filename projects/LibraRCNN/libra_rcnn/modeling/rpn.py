@@ -13,7 +13,7 @@ from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.modeling.sampling import subsample_labels
 
-from .config import check_range
+from ..config import check_range, config_keys
 
 __all__ = ["LibraRPN"]
 
@@ -33,14 +33,16 @@ class LibraRPN(RPN):
     ``MODEL.LIBRA.RPN.NEG_POS_UB`` (5 in the reference's Libra config; -1, off, by default).
 
     Raises:
-        ValueError: at build time for a bound that is neither -1 nor >= 0, naming the key.
+        ArgumentError: for a bound that is neither -1 nor >= 0, naming ``neg_pos_ub`` (the key
+            when built from a config).
     """
 
+    @config_keys(neg_pos_ub="MODEL.LIBRA.RPN.NEG_POS_UB")
     @configurable
     def __init__(self, *, neg_pos_ub: float = -1.0, **kwargs):
         super().__init__(**kwargs)
         if neg_pos_ub != -1:
-            check_range("MODEL.LIBRA.RPN.NEG_POS_UB", neg_pos_ub, 0)
+            check_range("neg_pos_ub", neg_pos_ub, 0)
         self.neg_pos_ub = float(neg_pos_ub)
 
     @classmethod

@@ -6,9 +6,9 @@ from detectron2.layers import cat
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.utils.events import get_event_storage
 
+from ..config import check_choice, check_int, config_keys
 from .balanced_l1 import BOX_REG_LOSS_TYPES, BalancedL1Options
-from .config import check_choice, check_range
-from .imbalance import ELEMENTWISE_BOX_LOSSES, box_reg_loss_and_grad, inlier_gradient_sums
+from .imbalance import box_reg_loss_and_grad, inlier_gradient_sums
 
 __all__ = ["LibraFastRCNNOutputLayers"]
 
@@ -25,8 +25,9 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     Gradient shares (Libra R-CNN §3.3, METHODS.md §1): in training, with the loss type
     ``smooth_l1`` or ``balanced_l1``, every ``MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD``
     iterations (at the iterations where Detectron2's ``PeriodicWriter`` writes, for the
-    default 20) :meth:`losses` writes two scalars of that iteration's foreground RoIs to the
-    ``EventStorage``:
+    default 20) two scalars of that iteration's foreground RoIs go to the ``EventStorage``
+    (written by :meth:`box_reg_loss` from the balanced L1 loss's own residuals, by
+    :meth:`losses` from :meth:`box_residuals` with smooth L1):
 
     - ``box_reg/inlier_grad_share``: the share of the box-regression gradient magnitude
       (sum of |dL/dx| over the 4 deltas) that comes from inliers, the RoIs whose loss
@@ -34,7 +35,7 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     - ``box_reg/inlier_share``: the share of foreground RoIs that are inliers.
 
     |dL/dx| is computed in closed form from the delta residuals (see
-    :func:`libra_rcnn.imbalance.box_reg_loss_and_grad`); the loss and its gradient are not
+    :func:`libra_rcnn.modeling.imbalance.box_reg_loss_and_grad`); the loss and its gradient are not
     touched. With balanced L1 this costs one host-device sync per period (the scalars'
     conversion; the residuals are the loss's own), none in the other iterations; with
     ``smooth_l1``, Detectron2's loss keeps no residuals and its ``get_deltas`` check adds one.
@@ -44,10 +45,12 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     ``MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD``.
 
     Raises:
-        ValueError: at build time, for an unknown loss type, a balanced L1 parameter out of
-            range or a negative period, naming the key.
+        ArgumentError: at build time, for an unknown loss type, a balanced L1 parameter out of
+            range or a negative period, naming the argument (the key when built from a config).
     """
 
+    @config_keys(box_reg_loss_type="MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+                 grad_share_period="MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD")  # fmt: skip
     @configurable
     def __init__(
         self,
@@ -58,35 +61,39 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
-        check_choice("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
+        check_choice("box_reg_loss_type", self.box_reg_loss_type, BOX_REG_LOSS_TYPES)
         self.balanced_l1 = balanced_l1
-        if grad_share_period != int(grad_share_period):
-            raise ValueError(
-                f"MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD = {grad_share_period!r} must be an integer >= 0"
-            )
-        self.grad_share_period = check_range("MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD", int(grad_share_period), 0)
+        self.grad_share_period = check_int("grad_share_period", grad_share_period, 0)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["balanced_l1"] = BalancedL1Options.from_config(cfg)
+        ret["balanced_l1"] = BalancedL1Options.from_config(cfg.MODEL.LIBRA.BALANCED_L1, "MODEL.LIBRA.BALANCED_L1")
         ret["grad_share_period"] = cfg.MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD
         return ret
 
     def losses(self, predictions, proposals):
-        """Detectron2's losses; on the periods' iterations also the gradient shares (see above)."""
-        period = self.grad_share_period
-        due = self.training and period > 0 and self.box_reg_loss_type in ELEMENTWISE_BOX_LOSSES and len(proposals)
-        due = bool(due) and (get_event_storage().iter + 1) % period == 0
-        self._residual = None
-        self._keep_residual = due  # the balanced L1 loss keeps its residuals for the shares
-        try:
-            losses = super().losses(predictions, proposals)
-            if due:
-                self._put_grad_shares(get_event_storage(), predictions[1], proposals)
-        finally:
-            self._keep_residual, self._residual = False, None
+        """Detectron2's losses; on the periods' iterations also the gradient shares (see above).
+
+        With balanced L1 the shares are written by :meth:`box_reg_loss` from the loss's own
+        residuals; with Detectron2's smooth L1 from :meth:`box_residuals`.
+        """
+        losses = super().losses(predictions, proposals)
+        if self.box_reg_loss_type == "smooth_l1" and len(proposals) and self._grad_shares_due():
+            self._put_grad_shares(*self.box_residuals(predictions[1], proposals))
         return losses
+
+    def _grad_shares_due(self) -> bool:
+        """Whether this training iteration writes the gradient shares (never outside an
+        ``EventStorage``, where there is no iteration to write them to)."""
+        period = self.grad_share_period
+        if not (self.training and period > 0):
+            return False
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # called outside a training loop (Detectron2 asserts a storage)
+            return False
+        return (storage.iter + 1) % period == 0
 
     @torch.no_grad()
     def box_residuals(self, pred_deltas, proposals):
@@ -109,13 +116,13 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         foreground, pred_deltas, gt_deltas = self._foreground_deltas(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
         return foreground, pred_deltas.float() - gt_deltas.float()
 
-    def _put_grad_shares(self, storage, pred_deltas, proposals) -> None:
-        # The loss's own residuals when it kept them (balanced L1); else computed again, with
-        # the check of Detectron2's get_deltas (one more sync on these iterations).
-        foreground, residual = self._residual or self.box_residuals(pred_deltas, proposals)
+    def _put_grad_shares(self, foreground: torch.Tensor, residual: torch.Tensor) -> None:
+        """Write the inliers' gradient share and count (see above) of the foreground RoIs'
+        residuals (bool (R,), float32 (R, 4)); one host-device sync."""
         loss, grad = box_reg_loss_and_grad(residual, self.box_reg_loss_type, self.smooth_l1_beta, self.balanced_l1)
         inlier_grad, total_grad, inliers, samples = inlier_gradient_sums(loss, grad, foreground).tolist()  # one sync
         if samples > 0:
+            storage = get_event_storage()
             storage.put_scalar("box_reg/inlier_grad_share", inlier_grad / max(total_grad, 1e-12), smoothing_hint=False)
             storage.put_scalar("box_reg/inlier_share", inliers / samples, smoothing_hint=False)
 
@@ -144,8 +151,8 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
         if self.box_reg_loss_type != "balanced_l1":
             return super().box_reg_loss(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
         foreground, pred_deltas, gt_deltas = self._foreground_deltas(proposal_boxes, gt_boxes, pred_deltas, gt_classes)
-        if getattr(self, "_keep_residual", False):
-            self._residual = (foreground, pred_deltas.detach().float() - gt_deltas.float())
+        if gt_classes.numel() and self._grad_shares_due():  # the statistic from this loss's own residuals
+            self._put_grad_shares(foreground, pred_deltas.detach().float() - gt_deltas.float())
         loss = self.balanced_l1(pred_deltas, gt_deltas)
         # A mask, not an index: no host-device synchronisation.
         loss = torch.where(foreground[:, None], loss, torch.zeros_like(loss)).sum()

@@ -22,15 +22,22 @@ from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
 
-from .config import FSAF_BOX_LOSS_TYPES, FSAF_SELECTIONS, check_choice, check_range
+from ..config import check_choice, check_range, config_keys
 from .retinanet import LibraRetinaNet
 
-__all__ = ["FSAF", "FSAFHead", "fsaf_targets", "select_levels", "iou_loss"]
+__all__ = ["FSAF", "FSAFHead", "fsaf_targets", "select_levels", "iou_loss", "FSAF_SELECTIONS", "FSAF_BOX_LOSS_TYPES"]
+
+FSAF_SELECTIONS = ("online", "heuristic")
+# FSAF's constructor arguments set by MODEL.LIBRA.FSAF.<NAME IN CAPITALS>.
+FSAF_ARGUMENTS = ("anchor_based", "effective_scale", "ignore_scale", "norm_scale", "selection", "box_loss_type",
+                  "cls_loss_weight", "box_loss_weight")  # fmt: skip
+FSAF_BOX_LOSS_TYPES = ("iou", "giou")
 
 # The box branch's bias at the start (the reference implementation's): distances of
 # 0.25 x S x stride, a box of S/2 strides around every pixel.
@@ -38,6 +45,19 @@ BOX_BIAS_INIT = 0.25
 # FPN's level rule for heuristic selection (as Detectron2's RoI pooler): a 224-pixel box on P4.
 CANONICAL_BOX_SIZE = 224
 CANONICAL_LEVEL = 4
+
+
+class _Decoding:
+    """Detectron2's decoding of a dense detector's outputs before NMS
+    (``DenseDetector._decode_multi_level_predictions``: per level, the (location, class) pairs
+    scoring above the threshold, at most ``topk_candidates`` of them, boxes decoded from their
+    deltas), with a box transform of its own: the anchor-free branch's distances."""
+
+    _decode_multi_level_predictions = DenseDetector._decode_multi_level_predictions
+    _decode_per_level_predictions = DenseDetector._decode_per_level_predictions
+
+    def __init__(self, box2box_transform):
+        self.box2box_transform = box2box_transform
 
 
 def fsaf_targets(
@@ -201,6 +221,7 @@ class FSAF(LibraRetinaNet):
         ValueError: at build time, for an ``MODEL.LIBRA.FSAF`` value out of range, naming the key.
     """
 
+    @config_keys(**{name: f"MODEL.LIBRA.FSAF.{name.upper()}" for name in FSAF_ARGUMENTS})
     @configurable
     def __init__(
         self,
@@ -216,15 +237,14 @@ class FSAF(LibraRetinaNet):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        key = "MODEL.LIBRA.FSAF."
         self.anchor_based = anchor_based
-        self.effective_scale = check_range(key + "EFFECTIVE_SCALE", effective_scale, 0.0, 1.0, low_open=True)
-        self.ignore_scale = check_range(key + "IGNORE_SCALE", ignore_scale, effective_scale, 1.0)
-        self.selection = check_choice(key + "SELECTION", selection, FSAF_SELECTIONS)
-        self.box_loss_type = check_choice(key + "BOX_LOSS_TYPE", box_loss_type, FSAF_BOX_LOSS_TYPES)
-        self.cls_loss_weight = check_range(key + "CLS_LOSS_WEIGHT", cls_loss_weight, 0.0)
-        self.box_loss_weight = check_range(key + "BOX_LOSS_WEIGHT", box_loss_weight, 0.0)
-        check_range(key + "NORM_SCALE", norm_scale, 0.0, low_open=True)
+        self.effective_scale = check_range("effective_scale", effective_scale, 0.0, 1.0, low_open=True)
+        self.ignore_scale = check_range("ignore_scale", ignore_scale, effective_scale, 1.0)
+        self.selection = check_choice("selection", selection, FSAF_SELECTIONS)
+        self.box_loss_type = check_choice("box_loss_type", box_loss_type, FSAF_BOX_LOSS_TYPES)
+        self.cls_loss_weight = check_range("cls_loss_weight", cls_loss_weight, 0.0)
+        self.box_loss_weight = check_range("box_loss_weight", box_loss_weight, 0.0)
+        check_range("norm_scale", norm_scale, 0.0, low_open=True)
         shapes = self.backbone.output_shape()
         strides = [shapes[f].stride for f in self.head_in_features]
         # One square "anchor" of side S x stride centred on every pixel: the unit and origin of
@@ -233,6 +253,7 @@ class FSAF(LibraRetinaNet):
             sizes=[[norm_scale * s] for s in strides], aspect_ratios=[[1.0]], strides=strides, offset=0.5
         )
         self.af_box2box_transform = Box2BoxTransformLinear(normalize_by_size=True)
+        self.af_decoding = _Decoding(self.af_box2box_transform)
         self.af_levels = (int(math.log2(strides[0])), int(math.log2(strides[-1])))
 
     @classmethod
@@ -240,17 +261,7 @@ class FSAF(LibraRetinaNet):
         ret = super().from_config(cfg)
         shapes = ret["backbone"].output_shape()
         ret["head"] = FSAFHead(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
-        fsaf = cfg.MODEL.LIBRA.FSAF
-        ret.update(
-            anchor_based=fsaf.ANCHOR_BASED,
-            effective_scale=fsaf.EFFECTIVE_SCALE,
-            ignore_scale=fsaf.IGNORE_SCALE,
-            norm_scale=fsaf.NORM_SCALE,
-            selection=fsaf.SELECTION,
-            box_loss_type=fsaf.BOX_LOSS_TYPE,
-            cls_loss_weight=fsaf.CLS_LOSS_WEIGHT,
-            box_loss_weight=fsaf.BOX_LOSS_WEIGHT,
-        )
+        ret.update({name: cfg.MODEL.LIBRA.FSAF[name.upper()] for name in FSAF_ARGUMENTS})
         return ret
 
     def _pixels(self, features: List[torch.Tensor]):
@@ -324,49 +335,25 @@ class FSAF(LibraRetinaNet):
         }
 
     def forward_inference(self, images, features, predictions):
+        """Both branches' detections of each image, decoded by Detectron2's dense-detector rule
+        (the anchor-free distances by their own transform), then one class-wise NMS."""
         ab_logits, ab_deltas, af_logits, af_distances = predictions
-        af_logits, af_distances = self._transpose_dense_predictions([af_logits, af_distances], [self.num_classes, 4])
-        af_anchors = self.af_anchor_generator(features)
+        # (decoding, anchors per level, scores per level (N, HWA, K), deltas per level (N, HWA, 4))
+        branches = [(self.af_decoding, self.af_anchor_generator(features),
+                     *self._transpose_dense_predictions([af_logits, af_distances], [self.num_classes, 4]))]  # fmt: skip
         if self.anchor_based:
-            ab_logits, ab_deltas = self._transpose_dense_predictions([ab_logits, ab_deltas], [self.num_classes, 4])
-            anchors = self.anchor_generator(features)
+            branches.append((self, self.anchor_generator(features),
+                             *self._transpose_dense_predictions([ab_logits, ab_deltas], [self.num_classes, 4])))  # fmt: skip
         results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
             parts = [
-                self._decode_anchor_free(
-                    af_anchors, [x[i].sigmoid() for x in af_logits], [x[i] for x in af_distances], image_size
-                )
+                decoding._decode_multi_level_predictions(
+                    anchors, [x[i].sigmoid() for x in logits], [x[i] for x in deltas],
+                    self.test_score_thresh, self.test_topk_candidates, image_size,
+                )  # fmt: skip
+                for decoding, anchors, logits, deltas in branches
             ]
-            if self.anchor_based:
-                parts.append(
-                    self._decode_multi_level_predictions(
-                        anchors,
-                        [x[i].sigmoid() for x in ab_logits],
-                        [x[i] for x in ab_deltas],
-                        self.test_score_thresh,
-                        self.test_topk_candidates,
-                        image_size,
-                    )
-                )
             pred = Instances.cat(parts)
             keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
             results.append(pred[keep[: self.max_detections_per_image]])
         return results
-
-    def _decode_anchor_free(self, anchors: List[Boxes], scores: List[torch.Tensor], distances, image_size) -> Instances:
-        """Boxes, scores and classes of one image's anchor-free outputs, before NMS.
-
-        Per level: the (pixel, class) pairs scoring above ``test_score_thresh``, at most
-        ``test_topk_candidates`` of them, their distances decoded around the pixel.
-        """
-        boxes, kept_scores, classes = [], [], []
-        for anchors_l, scores_l, distances_l in zip(anchors, scores, distances):
-            flat = scores_l.flatten()
-            top = flat.topk(min(self.test_topk_candidates, flat.numel()))
-            keep = top.values > self.test_score_thresh
-            values, flat_index = top.values[keep], top.indices[keep]
-            pixel = flat_index // self.num_classes
-            boxes.append(self.af_box2box_transform.apply_deltas(distances_l[pixel], anchors_l.tensor[pixel]))
-            kept_scores.append(values)
-            classes.append(flat_index % self.num_classes)
-        return Instances(image_size, pred_boxes=Boxes(cat(boxes)), scores=cat(kept_scores), pred_classes=cat(classes))

@@ -5,12 +5,16 @@ from typing import Optional
 
 import torch
 
-from .config import BALANCED_L1_VARIANTS, check_choice, check_range
+from detectron2.config import CfgNode
 
-__all__ = ["balanced_l1_loss", "BalancedL1Options", "BOX_REG_LOSS_TYPES"]
+from ..config import check_choice, check_range, config_keys
+
+__all__ = ["balanced_l1_loss", "BalancedL1Options", "BOX_REG_LOSS_TYPES", "BALANCED_L1_VARIANTS"]
 
 # Detectron2's box regression loss types, plus the balanced L1 loss.
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou", "balanced_l1")
+# "paper": |x| scaled by 1/beta, continuous gradient; "mmdet": the reference implementation's formula.
+BALANCED_L1_VARIANTS = ("paper", "mmdet")
 
 
 def balanced_l1_loss(
@@ -97,13 +101,11 @@ def balanced_l1_loss(
 
 @dataclass(frozen=True)
 class BalancedL1Options:
-    """The balanced L1 loss's parameters, checked, as the ``MODEL.LIBRA.BALANCED_L1`` keys.
-
-    Calling it computes :func:`balanced_l1_loss` with these parameters.
+    """The balanced L1 loss's parameters, checked; calling it computes :func:`balanced_l1_loss`.
 
     Raises:
-        ValueError: for a non-positive alpha, gamma or beta or an unknown variant, naming the
-            ``MODEL.LIBRA.BALANCED_L1`` key.
+        ArgumentError: for a non-positive alpha, gamma or beta or an unknown variant, naming
+            the field (the config key when built by :meth:`from_config`).
     """
 
     alpha: float = 0.5
@@ -112,14 +114,17 @@ class BalancedL1Options:
     variant: str = "paper"
 
     def __post_init__(self):
-        for key in ("alpha", "gamma", "beta"):
-            check_range(f"MODEL.LIBRA.BALANCED_L1.{key.upper()}", getattr(self, key), 0, low_open=True)
-        check_choice("MODEL.LIBRA.BALANCED_L1.VARIANT", self.variant, BALANCED_L1_VARIANTS)
+        for name in ("alpha", "gamma", "beta"):
+            check_range(name, getattr(self, name), 0, low_open=True)
+        check_choice("variant", self.variant, BALANCED_L1_VARIANTS)
 
     @classmethod
-    def from_config(cls, cfg) -> "BalancedL1Options":
-        node = cfg.MODEL.LIBRA.BALANCED_L1
-        return cls(alpha=node.ALPHA, gamma=node.GAMMA, beta=node.BETA, variant=node.VARIANT)
+    def from_config(cls, node: CfgNode, key: str) -> "BalancedL1Options":
+        """The options of a config node with ``ALPHA``, ``GAMMA``, ``BETA``, ``VARIANT``, such as
+        ``MODEL.LIBRA.BALANCED_L1`` (the RoI box head's) or ``MODEL.LIBRA.RETINANET.BALANCED_L1``;
+        ``key`` is the node's name, for the errors."""
+        with config_keys(**{name: f"{key}.{name.upper()}" for name in ("alpha", "gamma", "beta", "variant")}):
+            return cls(alpha=node.ALPHA, gamma=node.GAMMA, beta=node.BETA, variant=node.VARIANT)
 
     def __call__(
         self, input: torch.Tensor, target: torch.Tensor, reduction: str = "none", weight: Optional[torch.Tensor] = None

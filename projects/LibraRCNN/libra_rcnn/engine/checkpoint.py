@@ -3,44 +3,15 @@
 fvcore's ``Checkpointer.save`` writes the ``.pth`` file and then the ``last_checkpoint`` tag
 in place, so a process killed during either write leaves a truncated file behind, and
 ``--resume`` then fails on it. :class:`AtomicCheckpointer` routes both writes through
-:class:`AtomicWrites`: each goes to a temporary file in the same folder, is flushed to disk,
-and only then replaces the target in one ``os.replace``. An interrupted save leaves the
+:class:`AtomicWrites` (:func:`libra_rcnn.io.atomic_open`): each goes to a temporary file in the
+same folder, is flushed to disk, and only then replaces the target in one ``os.replace``. An interrupted save leaves the
 previous checkpoint and its tag as they were.
 """
-import os
-import tempfile
-
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..io import atomic_open
+
 __all__ = ["AtomicWrites", "AtomicCheckpointer"]
-
-
-class _AtomicFile:
-    """Context manager for one file written through a temporary file (see AtomicWrites)."""
-
-    def __init__(self, path: str, mode: str):
-        self.path = path
-        self.mode = mode
-
-    def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp_path = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
-        self.file = os.fdopen(fd, self.mode)
-        return self.file
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            self.file.close()
-            if exc_type is None:
-                os.chmod(self.tmp_path, 0o644)  # mkstemp's 0600 would hide checkpoints from other users
-                os.replace(self.tmp_path, self.path)
-        finally:
-            if os.path.exists(self.tmp_path):
-                os.remove(self.tmp_path)
-        return False
 
 
 class AtomicWrites:
@@ -57,7 +28,7 @@ class AtomicWrites:
 
     def open(self, path: str, mode: str = "r", **kwargs):
         if mode in ("w", "wb") and "://" not in path and not kwargs:
-            return _AtomicFile(path, mode)
+            return atomic_open(path, mode)
         return self._path_manager.open(path, mode, **kwargs)
 
     def __getattr__(self, name):

@@ -15,9 +15,7 @@ iteration once, and ``--num-gpus N`` also runs N processes on a CPU-only machine
 import logging
 import os
 
-import torch
-
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -30,47 +28,17 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..config import check_weights_file, load_lazy_config
 from .checkpoint import AtomicCheckpointer
-from .engine import (
-    InputError,
-    argument_parser,
-    check_world_size,
-    launch_checked,
-    resume_under_launcher,
-    truncate_metrics,
-)
-from .launch import requeue_hook
+from .checks import check_model_builds, check_world_size
+from .cli import argument_parser, launch_checked, resume_under_launcher
+from .hooks import truncate_metrics
+from .launcher import requeue_hook
+from .trainer import ddp_kwargs
 
-__all__ = ["load_config", "check_config", "do_test", "do_train", "main", "cli"]
+__all__ = ["check_config", "do_test", "do_train", "main", "cli"]
 
 logger = logging.getLogger("libra_rcnn")
-
-
-def load_config(args):
-    """The LazyConfig of ``args.config_file`` with the ``key=value`` overrides of ``args.opts``.
-
-    Falls back to the CPU when ``train.device`` asks for CUDA and none is available, and turns
-    ``train.amp.enabled`` off on the CPU (Detectron2's ``AMPTrainer`` needs CUDA).
-
-    Raises:
-        InputError: for a missing config file, or a config or override that cannot be applied.
-    """
-    if not args.config_file:
-        raise InputError("no --config-file given")
-    if not os.path.isfile(args.config_file):
-        raise InputError(f"config file {args.config_file} not found")
-    try:
-        cfg = LazyConfig.load(args.config_file)
-        cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    except Exception as e:  # a syntax error, a failed import or an override of a missing key
-        raise InputError(f"{args.config_file}: {e}") from e
-    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
-        cfg.train.device = "cpu"
-    if cfg.train.device == "cpu" and cfg.train.amp.enabled:
-        # Detectron2's AMPTrainer runs on CUDA only (new_baselines/*_LSJ.py switch AMP on).
-        logger.warning("train.amp.enabled = True needs CUDA; training in float32 on the CPU")
-        cfg.train.amp.enabled = False
-    return cfg
 
 
 def check_config(cfg, args) -> None:
@@ -86,24 +54,14 @@ def check_config(cfg, args) -> None:
     """
     if not args.eval_only and "total_batch_size" in cfg.dataloader.train:
         check_world_size(cfg.dataloader.train.total_batch_size, "dataloader.train.total_batch_size", args)
-    weights = cfg.train.init_checkpoint
-    if args.eval_only and not weights:
-        raise InputError("--eval-only needs train.init_checkpoint=FILE (a checkpoint)")
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise InputError(f"train.init_checkpoint file {weights} not found")
-    try:
-        with torch.device("meta"):
-            instantiate(cfg.model)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
-        raise InputError(f"model: {e}") from e
-    except Exception as e:  # a module that cannot be built on the meta device: check skipped
-        logger.warning("Skipped the model check on the meta device: %r", e)
+    check_weights_file(cfg.train.init_checkpoint, "train.init_checkpoint", "--eval-only" if args.eval_only else "")
+    check_model_builds(lambda: instantiate(cfg.model), "model: ")
 
 
 def _ddp(model, cfg):
-    """Detectron2's ``create_ddp_model``; on the CPU without ``device_ids``, which DDP refuses there."""
-    extra = {"device_ids": None} if torch.device(cfg.train.device).type == "cpu" else {}
-    return create_ddp_model(model, **cfg.train.ddp, **extra)
+    """Detectron2's ``create_ddp_model`` with the config's ``train.ddp`` arguments (and none of
+    the device ids that DDP refuses for a CPU model: :func:`ddp_kwargs`)."""
+    return create_ddp_model(model, **cfg.train.ddp, **ddp_kwargs(cfg.train.device))
 
 
 def do_test(cfg, model):
@@ -153,7 +111,7 @@ def do_train(args, cfg):
 
 def main(args):
     """Train, or with ``--eval-only`` evaluate ``train.init_checkpoint``; returns the metrics (eval only)."""
-    cfg = load_config(args)
+    cfg = load_lazy_config(args)
     default_setup(cfg, args)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="libra_rcnn")
     if args.eval_only:
@@ -166,15 +124,12 @@ def main(args):
     return None
 
 
-def cli(prog: str = "python -m libra_rcnn.lazy_train", argv=None) -> None:
+def cli(prog: str = "lazy_train_net.py", argv=None) -> None:
     """Parse Detectron2's command line, check the config, then ``launch`` :func:`main` on every process.
 
-    A failed check (:func:`load_config`, :func:`check_config`) prints one line,
+    A failed check (:func:`libra_rcnn.config.load_lazy_config`, :func:`check_config`) prints one line,
     ``prog: error: ...``, and exits with status 2.
     """
     args = argument_parser().parse_args(argv)
-    launch_checked(lambda: check_config(load_config(args), args), main, args, prog, (args,))
+    launch_checked(lambda: check_config(load_lazy_config(args), args), main, args, prog, (args,))
 
-
-if __name__ == "__main__":
-    cli()

@@ -1,6 +1,6 @@
 """Balanced feature pyramid (Libra R-CNN §3.2, Eq. 3, Fig. 4; METHODS.md §3)."""
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -10,137 +10,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from fvcore.nn import weight_init
 
-from .config import REFINE_TYPES, check_choice, check_range
+from ..config import check_choice, check_range, config_keys
+from .resize import add_upsampled, max_pool_to
 
-__all__ = ["NonLocalBlock2d", "BalancedFeaturePyramid", "build_bfp_backbone"]
+__all__ = ["NonLocalBlock2d", "BalancedFeaturePyramid", "build_bfp_backbone", "REFINE_TYPES"]
 
-
-def _integer_ratio(large: Sequence[int], small: Sequence[int]) -> Optional[Tuple[int, int]]:
-    """(kh, kw) if ``large == (kh * small[0], kw * small[1])``, else None."""
-    (hl, wl), (hs, ws) = large, small
-    if hs > 0 and ws > 0 and hl % hs == 0 and wl % ws == 0:
-        return hl // hs, wl // ws
-    return None
-
-
-def _recording() -> bool:
-    """True while ``torch.jit.trace`` or ``torch.onnx.export`` records the model.
-
-    The graph recorded then must hold for every input size, so the BFP rescales with
-    :func:`_adaptive_max_pool_symbolic` and :func:`_upsample_nearest_symbolic`, whose
-    shapes stay symbolic, instead of the eager fast paths, which choose a kernel by the
-    sizes of the recorded input.
-    """
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def _size(s, device: torch.device) -> torch.Tensor:
-    """A size as a 0-dim int64 tensor: traced sizes are tensors already, eager ones ints."""
-    return s.to(device) if isinstance(s, torch.Tensor) else torch.tensor(s, device=device)
-
-
-def _pooling_windows(in_size, out_size, device: torch.device) -> torch.Tensor:
-    """(out_size, K) int64 indices of adaptive pooling's windows along one axis.
-
-    Window i covers ``[floor(i * in / out), ceil((i + 1) * in / out))``, PyTorch's adaptive
-    pooling windows; K is the longest window, and shorter windows repeat their last index
-    (which leaves their maximum unchanged).
-    """
-    n, m = _size(in_size, device), _size(out_size, device)
-    i = torch.arange(m, device=device)
-    start = i * n // m
-    end = ((i + 1) * n + m - 1) // m
-    k = torch.arange((end - start).max(), device=device)
-    return torch.minimum(start[:, None] + k, end[:, None] - 1)
-
-
-def _adaptive_max_pool_symbolic(x: torch.Tensor, size: Sequence) -> torch.Tensor:
-    """``F.adaptive_max_pool2d(x, size)`` for (B, C, H, W) x, by gathers and max reductions.
-
-    The same values as PyTorch's kernel, from ops that trace and export to ONNX with
-    symbolic H, W and ``size`` (ONNX has no adaptive pooling, and the exporter's stand-in
-    needs static sizes that divide).
-    """
-    rows = _pooling_windows(x.shape[-2], size[0], x.device)  # (h, Kh)
-    cols = _pooling_windows(x.shape[-1], size[1], x.device)  # (w, Kw)
-    x = x[:, :, rows].amax(dim=3)  # (B, C, h, W)
-    return x[:, :, :, cols].amax(dim=4)  # (B, C, h, w)
-
-
-def _nearest_indices(in_size, out_size, device: torch.device) -> torch.Tensor:
-    """(out_size,) int64 source index of each output of nearest upsampling along one axis.
-
-    ``min(floor(i * (in / out)), in - 1)`` in float32, as PyTorch's ``nearest`` kernel
-    computes it (the float32 scale rounds, so this is not always ``i * in // out``).
-    """
-    n, m = _size(in_size, device), _size(out_size, device)
-    scale = n.float() / m.float()
-    i = torch.arange(m, device=device).float()
-    return torch.minimum((i * scale).floor().long(), n - 1)
-
-
-def _upsample_nearest_symbolic(y: torch.Tensor, size: Sequence) -> torch.Tensor:
-    """``F.interpolate(y, size, mode="nearest")`` for (B, C, h, w) y, by index gathers.
-
-    The same values, from ops that trace and export to ONNX with symbolic sizes.
-    """
-    y = y.index_select(2, _nearest_indices(y.shape[-2], size[0], y.device))
-    return y.index_select(3, _nearest_indices(y.shape[-1], size[1], y.device))
-
-
-def _bounded_windows(in_size, out_size, length: int, device: torch.device) -> torch.Tensor:
-    """(out_size, length) int64: :func:`_pooling_windows` with a window length fixed ahead.
-
-    ``length`` must be at least the longest window, ``ceil(in / out) + 1`` covers any sizes;
-    with sizes that are SymInts (``torch.compile`` with dynamic shapes) every op's shape is
-    known from the sizes alone, so nothing depends on values.
-    """
-    i = torch.arange(out_size, device=device)
-    start = i * in_size // out_size
-    end = ((i + 1) * in_size + out_size - 1) // out_size
-    return torch.minimum(start[:, None] + torch.arange(length, device=device), end[:, None] - 1)
-
-
-def _max_pool_to(x: torch.Tensor, size: Sequence[int], ratio: int = 1) -> torch.Tensor:
-    """Adaptive max pooling of (B, C, H, W) to ``size`` (step 1 and 4 of METHODS.md §3).
-
-    Where H and W are whole multiples of ``size`` (FPN levels of an input padded to the
-    backbone's size divisibility), adaptive pooling is a plain k x k max pooling of stride k:
-    the same windows, values and gradients, by a faster kernel. While tracing or exporting,
-    :func:`_adaptive_max_pool_symbolic` (same values, any size). Under ``torch.compile``, the
-    same windows gathered with a length fixed by ``ratio`` (the levels' stride ratio): no branch
-    on the sizes, so no recompilation when they change.
-    """
-    if _recording():
-        return _adaptive_max_pool_symbolic(x, size)
-    if torch.compiler.is_compiling():
-        rows = _bounded_windows(x.shape[-2], size[0], ratio + 1, x.device)
-        cols = _bounded_windows(x.shape[-1], size[1], ratio + 1, x.device)
-        b, c = x.shape[:2]
-        x = x.index_select(2, rows.flatten()).unflatten(2, rows.shape).amax(dim=3)
-        return x.index_select(3, cols.flatten()).unflatten(3, cols.shape).amax(dim=4)
-    k = _integer_ratio(x.shape[-2:], size)
-    if k is None:
-        return F.adaptive_max_pool2d(x, tuple(size))
-    return F.max_pool2d(x, k, k)
-
-
-def _add_upsampled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x + nearest_upsample(y, size of x)`` for (B, C, H, W) x and (B, C, h, w) y.
-
-    Where H, W are whole multiples of h, w, y is broadcast over k x k blocks of x instead of
-    being upsampled first: the same values, without the upsampled copy of y. While tracing
-    or exporting, :func:`_upsample_nearest_symbolic` (same values, any size).
-    """
-    if _recording():
-        return x + _upsample_nearest_symbolic(y, x.shape[-2:])
-    if torch.compiler.is_compiling():
-        return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
-    k = _integer_ratio(x.shape[-2:], y.shape[-2:])
-    if k is None:
-        return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
-    (b, c, h, w), (kh, kw) = y.shape, k
-    return (x.reshape(b, c, h, kh, w, kw) + y[:, :, :, None, :, None]).reshape(x.shape)
+REFINE_TYPES = ("none", "conv", "non_local")
 
 
 def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -239,8 +114,9 @@ class BalancedFeaturePyramid(Backbone):
         refine_type: ``"non_local"``, ``"conv"`` or ``"none"``.
 
     Raises:
-        ValueError: if the levels have different channels, ``refine_level`` is out of range
-            or ``refine_type`` unknown (naming the ``MODEL.LIBRA.BFP`` key).
+        ValueError: if the levels have different channels.
+        ArgumentError: if ``refine_level`` is out of range or ``refine_type`` unknown, naming
+            the argument (the ``MODEL.LIBRA.BFP`` key when built by :func:`build_bfp_backbone`).
     """
 
     def __init__(self, fpn: Backbone, refine_level: int = 2, refine_type: str = "non_local"):
@@ -256,10 +132,8 @@ class BalancedFeaturePyramid(Backbone):
                 f"the balanced feature pyramid needs levels of equal channels, got {self._out_feature_channels}"
             )
         num_levels = len(self._out_features)
-        self.refine_level = check_range(
-            "MODEL.LIBRA.BFP.REFINE_LEVEL", refine_level, 0, num_levels - 1
-        )
-        self.refine_type = check_choice("MODEL.LIBRA.BFP.REFINE_TYPE", refine_type, REFINE_TYPES)
+        self.refine_level = check_range("refine_level", refine_level, 0, num_levels - 1)
+        self.refine_type = check_choice("refine_type", refine_type, REFINE_TYPES)
         (c,) = channels
         if refine_type == "non_local":
             self.refine = NonLocalBlock2d(c)
@@ -293,14 +167,14 @@ class BalancedFeaturePyramid(Backbone):
         # Integrate: finer levels are max-pooled down, coarser ones added upsampled.
         total = levels[r]
         for f, stride in zip(levels[:r], strides[:r]):
-            total = total + _max_pool_to(f, total.shape[-2:], strides[r] // stride)
+            total = total + max_pool_to(f, total.shape[-2:], strides[r] // stride)
         for f in levels[r + 1 :]:
-            total = _add_upsampled(total, f)
+            total = add_upsampled(total, f)
         balanced = self.refine(total / len(levels))
         # Strengthen: the balanced map, upsampled to the finer levels and pooled to the coarser.
-        out = [_add_upsampled(f, balanced) for f in levels[:r]]
+        out = [add_upsampled(f, balanced) for f in levels[:r]]
         out.append(levels[r] + balanced)
-        out += [f + _max_pool_to(balanced, f.shape[-2:], stride // strides[r])
+        out += [f + max_pool_to(balanced, f.shape[-2:], stride // strides[r])
                 for f, stride in zip(levels[r + 1 :], strides[r + 1 :])]  # fmt: skip
         return dict(zip(self._out_features, out))
 
@@ -315,7 +189,7 @@ def build_bfp_backbone(cfg, input_shape: ShapeSpec) -> BalancedFeaturePyramid:
     Select it with ``MODEL.BACKBONE.NAME: "build_bfp_backbone"``.
 
     Raises:
-        ValueError: for an unknown FPN builder name, refine type or refine level.
+        ValueError: for an unknown FPN builder name, refine type or refine level, naming the key.
     """
     name = cfg.MODEL.LIBRA.BFP.FPN_BACKBONE
     if name == "build_bfp_backbone" or name not in BACKBONE_REGISTRY:
@@ -325,8 +199,6 @@ def build_bfp_backbone(cfg, input_shape: ShapeSpec) -> BalancedFeaturePyramid:
             f"choose one of {available}"
         )
     fpn = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
-    return BalancedFeaturePyramid(
-        fpn,
-        refine_level=cfg.MODEL.LIBRA.BFP.REFINE_LEVEL,
-        refine_type=cfg.MODEL.LIBRA.BFP.REFINE_TYPE,
-    )
+    bfp = cfg.MODEL.LIBRA.BFP
+    with config_keys(refine_level="MODEL.LIBRA.BFP.REFINE_LEVEL", refine_type="MODEL.LIBRA.BFP.REFINE_TYPE"):
+        return BalancedFeaturePyramid(fpn, refine_level=bfp.REFINE_LEVEL, refine_type=bfp.REFINE_TYPE)
