@@ -12,7 +12,7 @@ setup(
     package_dir={"": "projects/LibraRCNN"},
     packages=find_packages("projects/LibraRCNN", include=["libra_rcnn", "libra_rcnn.*"]),
     python_requires=">=3.8",
-    install_requires=["torch", "torchvision", "fvcore", "iopath", "pycocotools", "numpy", "Pillow", "matplotlib", "scipy"],
+    install_requires=["torch", "torchvision", "fvcore", "iopath", "pycocotools>=2.0.11", "numpy", "Pillow", "matplotlib", "scipy"],
     # python -m libra_rcnn.export --format onnx, and the export tests (ONNX Runtime).
     extras_require={"export": ["onnx", "onnxruntime"]},
 )

@@ -47,7 +47,7 @@ fi
 # work with numpy 1.26. onnx needs ml-dtypes; ml-dtypes 0.6 requires numpy>=2, 0.5.4 numpy>=1.23.3,
 # so ml-dtypes<0.6 keeps the numpy<2 set above unchanged (nothing else moves), instead of moving
 # numpy, OpenCV and the mmdetection reference environment to numpy 2 at once.
-"${PIP[@]}" install fvcore iopath matplotlib scipy "opencv-python-headless<4.12" "numpy<2" "setuptools<81" pytest \
+"${PIP[@]}" install fvcore iopath matplotlib scipy "pycocotools>=2.0.11" "opencv-python-headless<4.12" "numpy<2" "setuptools<81" pytest \
   onnx==1.23.2 onnxruntime==1.31.1 "ml-dtypes<0.6"
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import libra_rcnn, detectron2; print('[bootstrap] ready: detectron2', detectron2.__version__)"

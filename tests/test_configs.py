@@ -101,7 +101,8 @@ def test_rpn_configs_are_found():
     assert "configs/COCO-Detection/mmdet/libra-faster-rcnn_r50_fpn_1x_coco.yaml" in LIBRA_RCNN_CONFIGS
     assert "configs/FashionScenes/libra_rcnn_R_18_FPN_GN_giou.yaml" in LIBRA_RCNN_CONFIGS
     assert "configs/COCO-Detection/mmdet/faster-rcnn_r50_fpn_1x_coco.yaml" in BASELINE_CONFIGS
-    assert len(LIBRA_RCNN_CONFIGS) == 11 and len(BASELINE_CONFIGS) == 5
+    assert "configs/OwnData/libra_rcnn_tool_export.py" in LIBRA_RCNN_CONFIGS
+    assert len(LIBRA_RCNN_CONFIGS) == 13 and len(BASELINE_CONFIGS) == 5
 
 
 @pytest.mark.parametrize("config_file", LIBRA_RCNN_CONFIGS)

@@ -22,6 +22,7 @@ from libra_rcnn.converters.mmdet_plan import MmdetConfig
 
 from conftest import REFERENCE_ENV, load_cfg
 from mmdet_reference import (  # noqa: F401 (fixtures)
+    HARNESS_CONFIGS,
     build_mmdet,
     check_features,
     check_retinanet_head,
@@ -180,6 +181,33 @@ def test_what_cannot_be_mirrored_fails_in_one_line_and_writes_nothing(mmdet_env,
     err = capsys.readouterr().err.strip()
     assert err.startswith("python -m libra_rcnn.convert_mmdet: error: ") and key in err and len(err.splitlines()) == 1
     assert not list(tmp_path.glob("out*"))
+
+
+def test_a_checkpoint_whose_config_entry_is_a_file_name_converts_from_the_weights(mmdet_env, tmp_path, capsys):
+    config, changes, classes = LAYOUTS["libra-rcnn_r18-gn_fpn64"]
+    model = build_mmdet(mmdet_config(config, changes))
+    mmdet_file, out = tmp_path / "named.pth", tmp_path / "out.pth"
+    torch.save({"state_dict": model.state_dict(), "meta": {"config": "configs/libra_rcnn/libra_rcnn_r18.py"}}, mmdet_file)
+    assert main([str(mmdet_file), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "holds 'configs/libra_rcnn/libra_rcnn_r18.py', a file name, not the config's text" in printed
+    assert "pass the file itself with --config FILE" in out.with_suffix(".yaml").read_text()
+    cfg = load_cfg(out.with_suffix(".yaml"))
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.BACKBONE.NAME) == (18, 10, "build_bfp_backbone")
+
+
+def test_the_config_file_with_its_base_chain_gives_the_checkpoints_own_config(mmdet_env, converted, tmp_path):
+    """--config on the harness's Libra config (a _base_ chain with {{_base_.x}} and _delete_):
+    the same Detectron2 config as from the text mmengine stored in the checkpoint."""
+    config, _, _ = LAYOUTS["libra-rcnn_r18-gn_fpn64"]
+    theirs, with_text = converted("libra-rcnn_r18-gn_fpn64")
+    bare, out = tmp_path / "bare.pth", tmp_path / "out.pth"
+    torch.save(theirs.state_dict(), bare)
+    assert main([str(bare), str(out), "--config", str(HARNESS_CONFIGS / config)]) == 0
+    settings = lambda text: sorted(line.split("#")[0].rstrip() for line in text.splitlines()  # noqa: E731
+                                   if line.strip() and not line.startswith("#") and "WEIGHTS" not in line and "CLASS_NAMES" not in line)
+    assert settings(out.with_suffix(".yaml").read_text()) == settings(with_text.with_suffix(".yaml").read_text())
+    assert "--config" in out.with_suffix(".yaml").read_text().splitlines()[1]
 
 
 def test_the_config_text_is_read_without_running_it():

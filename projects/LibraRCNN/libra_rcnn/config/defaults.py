@@ -69,6 +69,12 @@ def add_libra_config(cfg: CN) -> None:
         - ``GRAD_SHARE_PERIOD``: every this many iterations ``LibraFastRCNNOutputLayers``
           writes the inliers' share of the box-regression gradient (20, the period of
           Detectron2's ``PeriodicWriter``; 0 turns it off).
+
+    And one key beside ``DATASETS.TRAIN`` and ``DATASETS.TEST``, where datasets are named:
+
+    - ``DATASETS.COCO_INSTANCES``: ``[[name, json_file, image_root], ...]``, COCO-format
+      datasets registered under ``name`` when the config is loaded (:mod:`.datasets`), so that
+      training on one's own COCO export needs no code.
     """
     cfg.MODEL.LIBRA = CN()
 
@@ -106,6 +112,9 @@ def add_libra_config(cfg: CN) -> None:
 
     cfg.MODEL.LIBRA.ANALYSIS = CN()
     cfg.MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD = 20
+
+    # Beside DATASETS.TRAIN / TEST, where a dataset is named: declared here, registered on load.
+    cfg.DATASETS.COCO_INSTANCES = []
 
 
 def _balanced_l1(beta: float) -> CN:

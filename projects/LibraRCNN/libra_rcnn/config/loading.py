@@ -13,6 +13,7 @@ from typing import Tuple
 import torch
 from detectron2.config import CfgNode, LazyConfig, get_cfg
 
+from .datasets import absolute_instances, register_instances
 from .defaults import add_libra_config
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "ONE_STAGE",
     "build_config",
+    "config_dir",
     "load_lazy_config",
     "resolve_device",
     "check_weights_file",
@@ -58,24 +60,42 @@ def build_config(args) -> CfgNode:
     """Detectron2's config with the project's keys, merged with ``args.config_file`` and the
     ``KEY VALUE`` overrides ``args.opts``, frozen; ``MODEL.DEVICE`` through :func:`resolve_device`.
 
+    The datasets of ``DATASETS.COCO_INSTANCES`` are registered, their paths made absolute (see
+    :mod:`libra_rcnn.config.datasets`), and ``OUTPUT_DIR`` is made absolute: the ``config.yaml``
+    that a run writes into it works from any working directory.
+
     Raises:
-        InputError: for a missing config file, or an unknown key or bad value in it.
+        InputError: for a missing config file, an unknown key or bad value in it, or a declared
+            dataset whose files are missing or whose name is taken.
     """
     _check_config_file(args.config_file)
     cfg = get_cfg()
     add_libra_config(cfg)
     try:
         cfg.merge_from_file(args.config_file)
+        cfg.DATASETS.COCO_INSTANCES = absolute_instances(cfg.DATASETS.COCO_INSTANCES, config_dir(args.config_file))
         cfg.merge_from_list(list(args.opts))
+        cfg.DATASETS.COCO_INSTANCES = absolute_instances(cfg.DATASETS.COCO_INSTANCES, os.getcwd())
+        register_instances(cfg.DATASETS.COCO_INSTANCES)
     except (KeyError, ValueError, AssertionError, OSError) as e:  # OSError: a missing _BASE_
         raise InputError(f"{args.config_file}: {e}") from e
+    cfg.OUTPUT_DIR = os.path.abspath(cfg.OUTPUT_DIR)
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     cfg.freeze()
     return cfg
 
 
+def config_dir(config_file: str) -> str:
+    """The folder that relative paths in ``config_file`` are resolved against (its own)."""
+    return os.path.dirname(os.path.abspath(config_file))
+
+
 def load_lazy_config(args):
     """The LazyConfig of ``args.config_file`` with the ``key=value`` overrides of ``args.opts``.
+
+    Its top-level ``coco_instances = dict(name=(json_file, image_root), ...)`` (a dict: LazyConfig
+    keeps only dicts at the top) are registered as ``DATASETS.COCO_INSTANCES`` are
+    (:mod:`libra_rcnn.config.datasets`); ``train.output_dir`` is made absolute.
 
     ``train.device`` goes through :func:`resolve_device`; on the CPU ``train.amp.enabled`` is
     turned off with a warning (Detectron2's ``AMPTrainer`` needs CUDA; the LSJ configs enable it).
@@ -86,14 +106,31 @@ def load_lazy_config(args):
     _check_config_file(args.config_file)
     try:
         cfg = LazyConfig.load(args.config_file)
+        if "coco_instances" in cfg:
+            _absolute_lazy_instances(cfg, config_dir(args.config_file))
         cfg = LazyConfig.apply_overrides(cfg, args.opts)
     except Exception as e:  # a syntax error, a failed import or an override of a missing key
         raise InputError(f"{args.config_file}: {e}") from e
+    if "coco_instances" in cfg:
+        try:
+            register_instances(_absolute_lazy_instances(cfg, os.getcwd()), "coco_instances")
+        except ValueError as e:
+            raise InputError(f"{args.config_file}: {e}") from e
+    cfg.train.output_dir = os.path.abspath(cfg.train.output_dir)
     cfg.train.device = resolve_device(cfg.train.device, "train.device")
     if cfg.train.device == "cpu" and cfg.train.amp.enabled:
         logger.warning("train.amp.enabled = True needs CUDA; training in float32 on the CPU")
         cfg.train.amp.enabled = False
     return cfg
+
+
+def _absolute_lazy_instances(cfg, base_dir: str):
+    """A LazyConfig's ``coco_instances = dict(name=(json_file, image_root), ...)`` with absolute
+    paths, written back; returns them as ``[name, json_file, image_root]`` triples."""
+    triples = [[name, *paths] for name, paths in cfg.coco_instances.items()]
+    triples = absolute_instances(triples, base_dir, "coco_instances")
+    cfg.coco_instances = {name: [json_file, image_root] for name, json_file, image_root in triples}
+    return triples
 
 
 def check_weights_file(weights: str, key: str, required_by: str = "") -> None:

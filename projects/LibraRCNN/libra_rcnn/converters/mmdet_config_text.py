@@ -29,9 +29,9 @@ def read_config_text(text: str, where: str = "the checkpoint's config text", bas
     """The variables of an mmengine / mmcv config as text (``Config.pretty_text``, or a file).
 
     Only literals are evaluated: numbers, strings, ``None``/``True``/``False``, lists, tuples,
-    sets, dicts, ``dict(key=value, ...)`` calls, unary minus, ``+ - * /`` between literals of one
-    kind, names of variables assigned earlier in the text, and, with ``base``, ``_base_.a.b``
-    references and ``del _base_.a``.
+    sets, dicts, ``dict(key=value, **mapping)`` calls, unary minus, ``+ - * /`` on numbers, ``+``
+    of two strings, lists or tuples and their repetition ``* n``, names of variables assigned
+    earlier in the text, and, with ``base``, ``_base_.a.b`` references and ``del _base_.a``.
     Nothing in the text is executed.
 
     Args:
@@ -96,18 +96,24 @@ def _literal(node: ast.AST, variables: Dict[str, Any], base: Optional[dict], whe
     if isinstance(node, ast.Dict):
         return {_literal(k, variables, base, where): _literal(v, variables, base, where) for k, v in zip(node.keys, node.values)}
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
-        return {kw.arg: _literal(kw.value, variables, base, where) for kw in node.keywords if kw.arg is not None}
+        out = {}
+        for kw in node.keywords:  # dict(a=1, **other): ``other``'s items in order
+            value = _literal(kw.value, variables, base, where)
+            if kw.arg is None and not isinstance(value, dict):
+                break
+            out.update(value if kw.arg is None else {kw.arg: value})
+        else:
+            return out
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _literal(node.operand, variables, base, where)
         if isinstance(value, (int, float)):
             return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
         left, right = _literal(node.left, variables, base, where), _literal(node.right, variables, base, where)
-        if type(left) is type(right) or all(isinstance(v, (int, float)) for v in (left, right)):
-            try:
-                return _ARITHMETIC[type(node.op)](left, right)
-            except TypeError:
-                pass
+        numbers = all(isinstance(v, (int, float)) for v in (left, right))
+        repeat = isinstance(node.op, ast.Mult) and {type(left), type(right)} & {list, tuple, str} and int in {type(left), type(right)}
+        if numbers or repeat or (type(left) is type(right) and isinstance(node.op, ast.Add)):
+            return _ARITHMETIC[type(node.op)](left, right)
     if isinstance(node, ast.Name) and isinstance(variables.get(node.id), Unreadable):
         raise ConversionError(variables[node.id].reason)
     if isinstance(node, ast.Name) and node.id in variables:
@@ -152,6 +158,8 @@ def _substitute(value: Any, references: Dict[str, str], base: dict, where: str) 
             if not isinstance(found, dict) or part not in found:
                 raise ConversionError(f"{where}: {{{{_base_.{references[value]}}}}} is not in its _base_ files")
             found = found[part]
+            if isinstance(found, Unreadable):
+                raise ConversionError(found.reason)
         return copy.deepcopy(found)
     if isinstance(value, dict):
         return {k: _substitute(v, references, base, where) for k, v in value.items()}

@@ -165,6 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           + (f"; {len(plan.assumptions)} values assumed, listed in it" if plan.assumptions else "") + ")")  # fmt: skip
     for line in plan.assumptions:
         print(f"  assumed: {line}")
-    print("evaluate with:")
-    print(f"  python train_net.py --config-file {config_file} --eval-only DATASETS.TEST \"('your_dataset_val',)\"")
+    print("evaluate it on your COCO export with:")
+    print(f"  python train_net.py --config-file {config_file} --eval-only "
+          "DATASETS.COCO_INSTANCES \"[['mine_val', 'val.json', 'images']]\" DATASETS.TEST \"('mine_val',)\"")
     return 0

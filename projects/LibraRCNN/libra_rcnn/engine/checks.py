@@ -7,8 +7,10 @@
 
 Each failure is an :class:`~libra_rcnn.config.InputError` naming the dataset, file or key.
 """
+import json
 import logging
 import os
+from importlib import metadata
 from typing import Callable, Optional
 
 import torch
@@ -17,10 +19,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from ..config import ONE_STAGE, InputError, add_libra_config, check_weights_file, num_classes_key
+from ..data.checks import DatasetError
+from ..data.coco_json import check_coco_json
 from . import launcher
 from .solver import CLIP_TYPES, FULL_MODEL
 
-__all__ = ["build_meta_model", "check_inputs", "check_class_names", "check_model_builds", "world_size", "check_world_size"]
+__all__ = ["build_meta_model", "check_inputs", "check_class_names", "check_declared_datasets", "check_model_builds",
+           "world_size", "check_world_size"]  # fmt: skip
 
 logger = logging.getLogger("libra_rcnn")
 
@@ -61,6 +66,9 @@ def check_inputs(cfg: CfgNode, args) -> None:
       is registered and, for COCO-format datasets, its annotation file exists;
     - ``MODEL.LIBRA.CLASS_NAMES``, when given, matches every dataset's classes
       (:func:`check_class_names`);
+    - the annotation files of ``DATASETS.COCO_INSTANCES`` that the run uses hold no unusable
+      record, and the training one has the model's number of classes
+      (:func:`check_declared_datasets`);
     - ``MODEL.WEIGHTS``, when it is a local path (and always with ``--eval-only``), exists;
     - the batch splits over the processes (:func:`check_world_size`);
     - ``SOLVER.AMP.ENABLED`` only with a CUDA ``MODEL.DEVICE`` (Detectron2's ``AMPTrainer`` is
@@ -83,6 +91,7 @@ def check_inputs(cfg: CfgNode, args) -> None:
             hint = " (build it: python -m libra_rcnn.data)" if "fashion_scenes" in name else ""
             raise InputError(f"dataset {name!r}: annotation file {json_file} not found{hint}")
     check_class_names(cfg, names)
+    check_declared_datasets(cfg, args)
     check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", "--eval-only" if args.eval_only else "")
     if not args.eval_only:
         check_world_size(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", args)
@@ -112,6 +121,47 @@ def _check_one_stage_balanced_l1(cfg: CfgNode) -> None:
                 f"MODEL.LIBRA.BALANCED_L1.{name} = {value!r} configures the RoI box head's loss, which "
                 f"{cfg.MODEL.META_ARCHITECTURE} has not; set MODEL.LIBRA.RETINANET.BALANCED_L1.{name} instead"
             )
+
+
+def check_declared_datasets(cfg: CfgNode, args) -> None:
+    """The declared datasets (``DATASETS.COCO_INSTANCES``) that the run uses, read before it starts.
+
+    Each annotation file must hold no record that Detectron2 cannot read
+    (:func:`libra_rcnn.data.coco_json.check_coco_json`); in training, the first training dataset's
+    categories must be as many as the model's classes. With a pycocotools older than 2.0.11,
+    whose evaluation reads the file's ``info``, a test file must have one.
+
+    Raises:
+        InputError: naming the key, the dataset, the file, the record.
+    """
+    declared = {name: json_file for name, json_file, _ in cfg.DATASETS.COCO_INSTANCES}
+    used = ([] if args.eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
+    for name in dict.fromkeys(n for n in used if n in declared):
+        try:
+            ids, names = check_coco_json(declared[name])
+        except DatasetError as e:
+            raise InputError(f"dataset {name!r} (DATASETS.COCO_INSTANCES): {e}") from e
+        if name in cfg.DATASETS.TEST and _pycocotools_reads_info():
+            with open(declared[name], encoding="utf-8") as f:
+                if "info" not in json.load(f):
+                    raise InputError(f"{declared[name]} has no 'info', which pycocotools < 2.0.11 needs to evaluate; "
+                                     "add \"info\": {} to it, or upgrade pycocotools")  # fmt: skip
+        MetadataCatalog.get(name).set(thing_classes=names)  # as Detectron2's loader will
+        if not args.eval_only and name == cfg.DATASETS.TRAIN[0]:
+            num_classes, key = num_classes_key(cfg)
+            if len(ids) != num_classes:
+                raise InputError(
+                    f"dataset {name!r} ({declared[name]}) has {len(ids)} categories but {key} = {num_classes}; "
+                    f"set {key} {len(ids)}"
+                )
+
+
+def _pycocotools_reads_info() -> bool:
+    try:
+        version = tuple(int(p) for p in metadata.version("pycocotools").split(".")[:3])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return version < (2, 0, 11)
 
 
 def check_class_names(cfg: CfgNode, datasets) -> None:

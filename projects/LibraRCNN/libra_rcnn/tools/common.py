@@ -8,6 +8,8 @@ from detectron2.config import CfgNode
 from detectron2.data import Metadata, MetadataCatalog
 
 from ..config import InputError, build_config, check_weights_file
+from ..data.checks import DatasetError
+from ..data.coco_json import coco_categories
 
 __all__ = ["prediction_config", "class_metadata", "dataset_category_ids"]
 
@@ -43,11 +45,30 @@ def prediction_config(args, confidence_threshold: float) -> CfgNode:
     return cfg
 
 
+def _json_categories(metadata: Metadata):
+    """(ids, names) of a COCO-format dataset's categories in class order, read from its JSON when
+    the dataset has not been loaded (which sets them); None without a JSON."""
+    json_file = metadata.get("json_file")
+    if not json_file:
+        return None
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            return coco_categories(json.load(f), json_file)
+    except (OSError, ValueError, DatasetError) as e:
+        logger.warning("%s: cannot read its categories (%s); classes are named by index", json_file, e)
+        return None
+
+
 def class_metadata(cfg: CfgNode) -> Metadata:
-    """The metadata that names the model's classes: ``DATASETS.TEST[0]``'s when it has class
-    names, else a local ``Metadata`` with ``MODEL.LIBRA.CLASS_NAMES`` (a converted model's own)."""
+    """The metadata that names the model's classes: ``DATASETS.TEST[0]``'s (its ``thing_classes``,
+    else its JSON's categories in Detectron2's order), else a local ``Metadata`` with
+    ``MODEL.LIBRA.CLASS_NAMES`` (a converted model's own)."""
     if len(cfg.DATASETS.TEST):
         metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if not metadata.get("thing_classes"):
+            categories = _json_categories(metadata)
+            if categories:
+                metadata.set(thing_classes=categories[1])
         if metadata.get("thing_classes"):
             return metadata
     return Metadata(name="model", thing_classes=list(cfg.MODEL.LIBRA.CLASS_NAMES))
@@ -60,13 +81,8 @@ def dataset_category_ids(metadata: Metadata) -> Dict[int, int]:
     dataset is loaded); a dataset not loaded yet has it from its JSON's ``categories``, in the
     order ``load_coco_json`` gives them.
     """
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id") or {}
-    json_file = metadata.get("json_file")
-    if not mapping and json_file:
-        try:
-            with open(json_file) as f:
-                ids = sorted(int(c["id"]) for c in json.load(f)["categories"])
-            mapping = {dataset_id: i for i, dataset_id in enumerate(ids)}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            logger.warning("%s: cannot read its categories (%s); category_id is the model's class index", json_file, e)
-    return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+    if mapping:
+        return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+    categories = _json_categories(metadata)
+    return dict(enumerate(categories[0])) if categories else {}
