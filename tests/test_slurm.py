@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,21 +125,32 @@ def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_pa
     warned_at = int(re.search(r"SIGUSR1 at iteration (\d+)", log.read_text()).group(1))
     assert last_checkpoint(out) == f"model_{warned_at:07d}.pth"
     # Slurm holds a requeued job back for about 2 minutes (BeginTime, set once the requeue is
-    # done: the job passes through REQUEUED and CANCELLED first); start it at once, again until
-    # it has left PENDING.
+    # done: the job passes through REQUEUED and CANCELLED first); start it sooner, but not within
+    # the second of the requeue: slurmd revokes the job's credential at the requeue with a
+    # resolution of one second, and kills a run whose credential is as old ("Job credential
+    # revoked", the job FAILED). Started again until its second run has begun.
     wait_for(lambda: _job(slurm, job).get("JobState") == "PENDING", 60, "the requeued job to be pending")
+    pending_since = time.monotonic()
+    second_run = f"job {job} run 2"
 
     def started():
-        if _job(slurm, job).get("JobState") != "PENDING":
+        if second_run in log.read_text():
             return True
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, timeout=30)
+        if time.monotonic() - pending_since > 3 and _job(slurm, job).get("JobState") == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, timeout=30)
         return False
 
-    wait_for(started, 120, "the requeued job to start", interval=2)
+    wait_for(started, 180, "the requeued job to start", interval=2)
     wait_for(lambda: _job(slurm, job).get("JobState") in ended, 400, "the requeued job to finish")
     info = _job(slurm, job)
     text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text[-3000:])
+    if info["JobState"] != "COMPLETED" or info["Restarts"] != "1":
+        daemons = Path(slurm["SLURM_CONF"]).parent
+        pytest.fail(
+            f"job {job}: {info}\n--- job log ---\n{text}\n--- slurmctld.log (end) ---\n"
+            f"{(daemons / 'slurmctld.log').read_text()[-4000:]}",
+            pytrace=False,
+        )
     assert f"job {job} run 1" in text and f"job {job} run 2" in text
     assert f"slurm (job {job}, restart 1): resuming from model_{warned_at:07d}.pth" in text
     assert starts((out / "log.txt").read_text()) == [0, warned_at + 1]
