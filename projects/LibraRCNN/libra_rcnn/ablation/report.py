@@ -8,6 +8,7 @@ import torch
 import detectron2
 from torch.utils.collect_env import get_env_info
 
+from ..io import atomic_open
 from .records import METRICS
 
 __all__ = ["hardware", "write_table", "plot_results"]
@@ -28,9 +29,9 @@ def _cell(stat: Dict[str, float], fmt: str, sign: str = "") -> str:
     return text if math.isnan(stat["std"]) else f"{text} ± {format(stat['std'], fmt)}"
 
 
-def write_table(summary: Sequence[dict], path: str, header: str = "") -> str:
+def write_table(summary: Sequence[dict], path: str, header: str = "", footer: str = "") -> str:
     """Markdown table of :func:`summarize`'s rows: mean ± sample std over the seeds (the value
-    alone for one seed). Returns the text it wrote to ``path``."""
+    alone for one seed), between ``header`` and ``footer``. Returns the text it wrote to ``path``."""
     lines = [header] if header else []
     lines += [
         "| config | seeds | AP | ΔAP (paired) | beyond noise | step (paired) | beyond noise | AP50 | AP75 | APs "
@@ -46,8 +47,8 @@ def write_table(summary: Sequence[dict], path: str, header: str = "") -> str:
         cells += [f"{row['s_per_iter']['mean']:.3f}", f"{row['peak_memory_mib']['mean']:.0f}"]
         cells += [f"{row['s_per_image']['mean']:.3f}", row["device"]]
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    with open(path, "w") as f:
+    text = "\n".join(lines) + "\n" + footer
+    with atomic_open(path) as f:
         f.write(text)
     return text
 

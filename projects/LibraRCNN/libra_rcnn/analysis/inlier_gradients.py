@@ -90,8 +90,13 @@ def foreground_residuals(model, cfg, dataset_dicts: Sequence[dict], seed: int = 
     return torch.cat(found) if found else torch.zeros(0, 4)
 
 
-def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int) -> dict:
+def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int, opts: Sequence[str] = ()) -> dict:
     """:func:`fixed_rule_gradient_shares` of one run folder's ``model_final.pth``.
+
+    ``opts`` are ``KEY VALUE`` overrides of the run's config: a model trained with Detectron2's
+    ``StandardROIHeads`` (the baseline) is read with ``LibraROIHeads`` and random sampling
+    (``MODEL.ROI_HEADS.NAME LibraROIHeads MODEL.LIBRA.SAMPLER.POS random ...NEG random``), the
+    same parameters and draws, which give its residuals.
 
     Returns:
         Its dict plus ``run``, ``split``, ``images``, ``smooth_l1_beta`` (1.0, the inlier
@@ -105,7 +110,7 @@ def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int) -
     for path in (config, weights):
         if not os.path.isfile(path):
             raise InputError(f"{path} not found: --runs takes training output folders with config.yaml and model_final.pth")
-    cfg = build_config(argparse.Namespace(config_file=config, opts=["MODEL.WEIGHTS", weights]))
+    cfg = build_config(argparse.Namespace(config_file=config, opts=["MODEL.WEIGHTS", weights, *opts]))
     split = split or cfg.DATASETS.TRAIN[0]
     if split not in DatasetCatalog.list():
         raise InputError(f"dataset {split!r} (--split) is not registered in DatasetCatalog")

@@ -14,7 +14,8 @@ same proposals, the same number per image:
 - (b) IoU-balanced: :class:`BalancedRoISampler` with the config's ``MODEL.LIBRA.SAMPLER`` keys
   (METHODS.md §2);
 - (c) hard: the negatives of highest classification loss (cross-entropy of the model's box
-  predictor against background), as OHEM picks them, as many as (a) drew.
+  predictor against background), as OHEM picks them, as many as (a) drew;
+- (d) candidates: every proposal labelled background, what the samplers draw from.
 
 The PNG shows, per set, the share of its negatives in IoU bins of width 0.05 over
 [0, background threshold), IoU being a proposal's maximum IoU with the image's GT boxes; the
@@ -46,11 +47,12 @@ __all__ = ["NEGATIVE_SETS", "negative_ious", "iou_histogram", "hard_share", "dra
 
 PROG = "python -m libra_rcnn.analysis.iou_histograms"
 
-NEGATIVE_SETS = ("random", "iou_balanced", "hard")
+NEGATIVE_SETS = ("random", "iou_balanced", "hard", "candidates")
 _TITLES = {
     "random": "(a) random sampling",
     "iou_balanced": "(b) IoU-balanced sampling",
     "hard": "(c) hard negatives (top classification loss)",
+    "candidates": "(d) every negative candidate",
 }
 BIN_WIDTH = 0.05
 
@@ -79,8 +81,8 @@ def negative_ious(model, cfg, dataset_dicts: Sequence[dict], seed: int = 0) -> D
         seed: seeds the random draws of (a) and (b).
 
     Returns:
-        ``{"random", "iou_balanced", "hard"}`` -> float32 (M,) CPU tensors, the IoU of every
-        drawn negative over all images.
+        ``{"random", "iou_balanced", "hard", "candidates"}`` -> float32 (M,) CPU tensors, the IoU
+        of every drawn negative (every candidate for the last) over all images.
 
     Raises:
         ValueError: for a model without RPN and box RoI heads.
@@ -120,6 +122,7 @@ def negative_ious(model, cfg, dataset_dicts: Sequence[dict], seed: int = 0) -> D
             found["random"].append(max_iou[random_neg])
             found["iou_balanced"].append(max_iou[balanced_neg])
             found["hard"].append(max_iou[hard_neg])
+            found["candidates"].append(max_iou[classes == heads.num_classes])
     return {name: torch.cat(v).float().cpu() if v else torch.zeros(0) for name, v in found.items()}
 
 
@@ -148,7 +151,7 @@ def draw_iou_histograms(ious: Dict[str, torch.Tensor], bg_iou_thresh: float, out
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(ious), figsize=(4.6 * len(ious), 4.2), sharey=True)
-    colors = ("tab:gray", "tab:blue", "tab:red")
+    colors = ("tab:gray", "tab:blue", "tab:red", "tab:olive")
     for ax, color, (name, values) in zip(np.atleast_1d(axes), colors, ious.items()):
         edges, shares = iou_histogram(values, bg_iou_thresh)
         ax.bar(edges[:-1], 100 * shares, width=np.diff(edges), align="edge", color=color, edgecolor="white")
