@@ -59,7 +59,7 @@ def test_gradient_sums_smooth_l1_beta_1_by_hand():
 
 
 def test_gradient_sums_balanced_l1_by_hand():
-    # |x| = 0.5: L = 0.400568 (METHODS.md §4), an inlier, gradient 0.5 ln(0.5 b + 1);
+    # |x| = 0.5: L = 0.400568 (docs/methods.md#balanced-l1-loss), an inlier, gradient 0.5 ln(0.5 b + 1);
     # |x| = 1: L = 1.078594, an outlier, gradient gamma = 1.5.
     residual = torch.tensor([[0.5, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]], dtype=torch.float64)
     loss, grad = box_reg_loss_and_grad(residual, "balanced_l1")
@@ -333,7 +333,7 @@ def test_fig5_curves_cross_the_inlier_boundary_where_expected(tmp_path, capsys):
     crossings = {label: c for label, _, _, c in rows}
     assert crossings["L1 (smooth L1, beta 0)"] == pytest.approx(1.0, abs=step)  # |x| = 1
     assert crossings["smooth L1 (beta 1)"] == pytest.approx(1.5, abs=step)  # |x| - 0.5 = 1
-    # Balanced L1 passes 1 inside |x| < 1 since L(1) = 1.0786 > 1 (METHODS.md §4).
+    # Balanced L1 passes 1 inside |x| < 1 since L(1) = 1.0786 > 1 (docs/methods.md#balanced-l1-loss).
     c = crossings["balanced L1 (alpha 0.5, gamma 1.5, beta 1, paper)"]
     assert 0.9 < c < 1.0
     at = torch.tensor([c - step, c], dtype=torch.float64)

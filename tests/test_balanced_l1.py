@@ -1,4 +1,4 @@
-"""Balanced L1 loss against METHODS.md §4: values, gradients, continuity, both beta variants."""
+"""Balanced L1 loss against docs/methods.md#balanced-l1-loss: values, gradients, continuity, both beta variants."""
 import math
 
 import pytest
@@ -37,7 +37,7 @@ def loss_and_grad(x, **kwargs):
 
 @pytest.mark.parametrize("variant", ["paper", "mmdet"])
 def test_check_values_of_methods_md(variant):
-    # METHODS.md §4: L(0.5) = 0.400568, L(1) = 1.078594 (beta = 1), and b = 19.0855.
+    # docs/methods.md#balanced-l1-loss: L(0.5) = 0.400568, L(1) = 1.078594 (beta = 1), and b = 19.0855.
     assert B == pytest.approx(19.0855, abs=1e-4)
     assert loss_and_grad(0.5, variant=variant)[0] == pytest.approx(0.400568, abs=1e-5)
     assert loss_and_grad(1.0, variant=variant)[0] == pytest.approx(1.078594, abs=1e-5)
@@ -74,7 +74,7 @@ def test_mmdet_variant_is_continuous_in_value_with_a_gradient_jump():
     below, grad_below = loss_and_grad(beta - eps, beta=beta, variant="mmdet")
     above, grad_above = loss_and_grad(beta + eps, beta=beta, variant="mmdet")
     assert below == pytest.approx(above, abs=1e-6)
-    # METHODS.md §4: 1.70 vs 1.5 at beta = 0.11.
+    # docs/methods.md#balanced-l1-loss: 1.70 vs 1.5 at beta = 0.11.
     assert grad_below == pytest.approx(1.70, abs=5e-3)
     assert grad_above == pytest.approx(1.5)
 

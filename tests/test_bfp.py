@@ -1,4 +1,5 @@
-"""Balanced feature pyramid (METHODS.md §3): shapes, the residual by hand, gradients, config checks."""
+"""Balanced feature pyramid (docs/methods.md#balanced-feature-pyramid): shapes, the residual by hand,
+gradients, config checks."""
 import numpy as np
 import pytest
 import torch

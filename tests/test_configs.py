@@ -126,7 +126,8 @@ def _diff(config_file, reference_file):
     return {k: v for k, v in a.items() if v != b[k] and k != "OUTPUT_DIR"}
 
 
-# The paper's baseline box losses (METHODS.md §4): smooth L1, beta 1/9 in the RPN, 1.0 in the RoI head.
+# The paper's baseline box losses (docs/methods.md#balanced-l1-loss): smooth L1, beta 1/9 in the RPN,
+# 1.0 in the RoI head.
 PAPER_LOSSES = {"MODEL.RPN.SMOOTH_L1_BETA": 1 / 9, "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA": 1.0}
 # The RPN sampling of the authors' Libra config (Libra R-CNN's default), and Detectron2's RPN.
 RPN_BOUND = {"MODEL.PROPOSAL_GENERATOR.NAME": "LibraRPN", "MODEL.LIBRA.RPN.NEG_POS_UB": 5.0}

@@ -1,5 +1,6 @@
 """The README front page and the docs/ pages: length, links, and the config-key table."""
 import re
+import subprocess
 
 import pytest
 
@@ -58,3 +59,53 @@ def test_config_key_page_covers_every_key():
         prefix = names[0].rsplit(".", 1)[0]
         documented |= {names[0]} | {f"{prefix}.{n}" for n in names[1:]}
     assert documented == set(keys(cfg.MODEL.LIBRA, "MODEL.LIBRA."))
+
+
+# The repository stands alone: the method page it cites is its own docs/methods.md. Spelled in pieces so
+# that this file does not match itself.
+OUTSIDE_REFERENCES = ("METHODS" + ".md", "../" + "shared")
+METHODS_PAGE = REPO / "docs" / "methods.md"
+METHODS_CITATION = re.compile(r"(?<![\w-])methods\.md#([\w\-]+)")  # docs/methods.md#..., ../docs/..., methods.md#...
+
+
+def repository_files():
+    """The repository's files as a clone would have them: tracked ones, and untracked ones git does not ignore."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [REPO / name for name in sorted(set(listed.decode().split("\0"))) if name and (REPO / name).is_file()]
+
+
+def test_no_file_cites_a_page_outside_the_repository():
+    offenders = []
+    for path in repository_files():
+        data = path.read_bytes()
+        offenders += [f"{path.relative_to(REPO)}: {ref}" for ref in OUTSIDE_REFERENCES if ref.encode() in data]
+        if re.search(r"methods\.md \u00a7", data.decode("utf-8", errors="ignore")):  # an old "§N" section number
+            offenders.append(f"{path.relative_to(REPO)}: methods.md \u00a7N instead of an anchor")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_cited_methods_section_exists():
+    headings = anchors(METHODS_PAGE)
+    assert {"iou-balanced-sampling", "balanced-feature-pyramid", "balanced-l1-loss", "fsaf"} <= headings
+    missing = []
+    for path in repository_files():
+        text = path.read_bytes().decode("utf-8", errors="ignore")
+        missing += [f"{path.relative_to(REPO)}: #{a}" for a in METHODS_CITATION.findall(text) if a not in headings]
+    assert not missing, "no such heading in docs/methods.md:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_scripts_the_pages_tell_to_run_are_in_the_repository():
+    for page in PAGES:
+        for script in re.findall(r"\bbash ([\w./-]+\.sh)\b", page.read_text()):
+            assert (REPO / script).is_file(), f"{page.relative_to(REPO)}: bash {script}: no such file here"
+
+
+def test_the_wheelhouse_script_explains_the_offline_install():
+    run = subprocess.run(["bash", "benchmarks/gpu/wheelhouse.sh", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "--no-index" in run.stdout and "benchmarks/gpu/run.sh" in run.stdout

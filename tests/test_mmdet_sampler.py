@@ -1,5 +1,5 @@
 """``MODEL.LIBRA.SAMPLER.BINNING: mmdet`` draws the negatives' IoU bins as mmdetection's own
-``IoUBalancedNegSampler`` does (docs/methods.md §2), on the same proposals, over many seeds.
+``IoUBalancedNegSampler`` does (docs/methods.md#iou-balanced-sampling), on the same proposals, over many seeds.
 
 The two samplers draw with different random streams, so they are compared by the distribution of
 what they draw: the mean number of sampled negatives in each IoU range over 200 seeds, which the

@@ -1,4 +1,5 @@
-"""Libra RetinaNet: BFP on P3–P7 keeps RetinaNet's levels; the balanced L1 box loss (METHODS.md §5)."""
+"""Libra RetinaNet: BFP on P3–P7 keeps RetinaNet's levels; the balanced L1 box loss
+(docs/methods.md#focal-loss-and-retinanet)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""IoU-balanced and instance-balanced sampling (METHODS.md §2), checked with fixed seeds."""
+"""IoU-balanced and instance-balanced sampling (docs/methods.md#iou-balanced-sampling), checked with fixed seeds."""
 import pytest
 import torch
 from detectron2.modeling import build_model

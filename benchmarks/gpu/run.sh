@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU run, prepared (docs/gpu.md): in one call on the GPU machine, every check the GPU-run
-# issue asks for, each step's output in $OUT/run.log and its figures in $OUT/*.json, then a summary
+# The GPU run, prepared (docs/gpu.md): in one call on the GPU machine, every GPU check of the
+# project, each step's output in $OUT/run.log and its figures in $OUT/*.json, then a summary
 # ($OUT/gpu_run.md, $OUT/gpu_run.json).
 #
-#   GPU machine, from the repository root, with .whl/ (bash ../shared/gpu/wheelhouse.sh .whl) and
-#   .data/fashion-mnist/ (Debian's /usr/share/datasets/fashion-mnist/*.gz) carried:
+#   GPU machine (no network needed), from the repository root, with .whl/ (the wheels of
+#   `bash benchmarks/gpu/wheelhouse.sh`, built where PyPI is reachable) and .data/fashion-mnist/
+#   (Debian's /usr/share/datasets/fashion-mnist/*.gz) copied into the repository there:
 #       bash benchmarks/gpu/run.sh [--only STEP,...]
 #   Here, on the CPU, every step at toy size (tests/test_gpu_script.py runs this in CI):
 #       bash benchmarks/gpu/run.sh --dry-run
@@ -43,10 +44,10 @@ if [ "$MODE" = gpu ]; then
   PY=python3
   # The wheels the GPU machine lacks (no registry there), and the Fashion-MNIST files.
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "benchmarks/gpu/run.sh: error: installing .whl/*.whl failed (carry .whl, see docs/gpu.md)" >&2; exit 2; }
+    || { echo "benchmarks/gpu/run.sh: error: installing .whl/*.whl failed (build .whl with benchmarks/gpu/wheelhouse.sh, see docs/gpu.md)" >&2; exit 2; }
   export PYTHONPATH="/tmp/site:$PWD/projects/LibraRCNN:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   mkdir -p /usr/share/datasets/fashion-mnist && cp .data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ \
-    || { echo "benchmarks/gpu/run.sh: error: .data/fashion-mnist/*.gz not carried (see docs/gpu.md)" >&2; exit 2; }
+    || { echo "benchmarks/gpu/run.sh: error: .data/fashion-mnist/*.gz not found (see docs/gpu.md)" >&2; exit 2; }
   DEVICE=cuda; SIZE=256; NUM_TRAIN=1000; NUM_VAL=200; MAX_ITER=800; WORKERS=4; AMP_VALUES="False True"
   BENCH=(--devices cuda --only detectors --precision float32 amp --coco-batch 2 8 --checkpoints ""
          --train-repeats 6 --coco-train-repeats 4 --infer-repeats 10 --coco-infer-repeats 8)

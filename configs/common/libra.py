@@ -3,11 +3,12 @@
 Each function edits a model config in place and returns it:
 
 - :func:`libra_rcnn`: a ``GeneralizedRCNN`` FPN config (``common/models/mask_rcnn_fpn.py``)
-  becomes Libra R-CNN (METHODS.md §2-4), detection only: the FPN wrapped in a
+  becomes Libra R-CNN (docs/methods.md), detection only: the FPN wrapped in a
   ``BalancedFeaturePyramid`` (non-local refinement at P4), ``LibraROIHeads`` with the
   IoU-balanced ``BalancedRoISampler``, and ``LibraFastRCNNOutputLayers`` with the balanced L1 loss.
 - :func:`libra_retinanet`: a ``RetinaNet`` config (``common/models/retinanet.py``) becomes
-  Libra RetinaNet (METHODS.md §5): BFP at P4 of P3-P7 and the balanced L1 loss with beta 0.11.
+  Libra RetinaNet (docs/methods.md#focal-loss-and-retinanet): BFP at P4 of P3-P7 and the balanced
+  L1 loss with beta 0.11.
 
 Every value is the same as in the YAML configs (``configs/Base-Libra-RCNN-FPN.yaml``,
 ``configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.yaml``); the keys are the components'

@@ -1,4 +1,4 @@
-"""Commands that draw the imbalances of Libra R-CNN (METHODS.md §1) as PNG files.
+"""Commands that draw the imbalances of Libra R-CNN (docs/methods.md#the-three-imbalances) as PNG files.
 
 - ``python -m libra_rcnn.analysis.iou_histograms``: Fig. 3, IoU histograms of random,
   IoU-balanced and hard negatives for a config and its weights over a dataset split;

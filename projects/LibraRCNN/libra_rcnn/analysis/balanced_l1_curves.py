@@ -5,7 +5,7 @@
 
 Draws |dL/dx| (left) and L (right) against the regression error |x| (box-delta units) for
 the balanced L1 loss with the config's ``MODEL.LIBRA.BALANCED_L1.{ALPHA, GAMMA, BETA,
-VARIANT}`` (METHODS.md §4), the same loss with further alphas (gamma kept, as in the paper's
+VARIANT}`` (docs/methods.md#balanced-l1-loss), the same loss with further alphas (gamma kept, as in the paper's
 figure), and smooth L1 with the config's ``MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA`` and with
 beta = 1 (the paper's reference). The loss panel marks L = 1, the boundary between inliers
 and outliers (Libra R-CNN §3.3), and where each curve crosses it. Without ``--config-file``

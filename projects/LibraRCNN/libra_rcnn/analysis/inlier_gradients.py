@@ -119,7 +119,7 @@ def run_shares(run_dir: str, split: Optional[str], max_images: int, seed: int, o
     DetectionCheckpointer(model).load(weights)
     residual = foreground_residuals(model, cfg, dataset_dicts, seed)
     options = BalancedL1Options.from_config(cfg.MODEL.LIBRA.BALANCED_L1, "MODEL.LIBRA.BALANCED_L1")
-    beta = 1.0  # the paper's baseline RoI head: smooth L1 at beta 1 (METHODS.md §4)
+    beta = 1.0  # the paper's baseline RoI head: smooth L1 at beta 1 (docs/methods.md#balanced-l1-loss)
     shares = fixed_rule_gradient_shares(residual, beta, options)
     return {"run": run_dir, "split": split, "images": len(dataset_dicts), "smooth_l1_beta": beta,
             "balanced_l1": dataclasses.asdict(options), **shares}  # fmt: skip

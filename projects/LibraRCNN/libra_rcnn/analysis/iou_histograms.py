@@ -12,7 +12,7 @@ same proposals, the same number per image:
 - (a) random: Detectron2's ``subsample_labels`` with ``MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE``
   and ``POSITIVE_FRACTION`` (the baseline's RoI sampling);
 - (b) IoU-balanced: :class:`BalancedRoISampler` with the config's ``MODEL.LIBRA.SAMPLER`` keys
-  (METHODS.md §2);
+  (docs/methods.md#iou-balanced-sampling);
 - (c) hard: the negatives of highest classification loss (cross-entropy of the model's box
   predictor against background), as OHEM picks them, as many as (a) drew;
 - (d) candidates: every proposal labelled background, what the samplers draw from.
@@ -20,7 +20,7 @@ same proposals, the same number per image:
 The PNG shows, per set, the share of its negatives in IoU bins of width 0.05 over
 [0, background threshold), IoU being a proposal's maximum IoU with the image's GT boxes; the
 share at IoU >= 0.05 (the paper: random sampling puts over 70 % of its negatives below 0.05,
-about 60 % of hard negatives lie above, METHODS.md §1) is printed and written on each panel.
+about 60 % of hard negatives lie above, docs/methods.md#the-three-imbalances) is printed and written on each panel.
 Runs in eval mode, without gradients, on ``MODEL.DEVICE``.
 """
 import argparse

@@ -21,15 +21,15 @@ BALANCED_L1_VARIANTS = ("paper", "mmdet")
 def add_libra_config(cfg: CN) -> None:
     """Add the ``MODEL.LIBRA`` node, with every key at its default, to ``cfg`` in place.
 
-    Defaults are the papers' settings (METHODS.md §2–4, §7):
+    Defaults are the papers' settings (docs/methods.md):
 
-    - ``MODEL.LIBRA.BFP``: balanced feature pyramid (§3).
+    - ``MODEL.LIBRA.BFP``: balanced feature pyramid (docs/methods.md#balanced-feature-pyramid).
         - ``FPN_BACKBONE``: name in ``BACKBONE_REGISTRY`` of the FPN that the BFP wraps
           (``build_resnet_fpn_backbone``; ``build_retinanet_resnet_fpn_backbone`` for P3–P7).
         - ``REFINE_TYPE``: ``"non_local"`` (embedded Gaussian), ``"conv"`` (3x3 conv + ReLU) or ``"none"``.
         - ``REFINE_LEVEL``: index, among the FPN outputs ordered by stride, of the level at
           which features are integrated (2 = P4 for P2–P6).
-    - ``MODEL.LIBRA.SAMPLER``: RoI sampling of ``LibraROIHeads`` (§2).
+    - ``MODEL.LIBRA.SAMPLER``: RoI sampling of ``LibraROIHeads`` (docs/methods.md#iou-balanced-sampling).
         - ``POS``: ``"instance_balanced"`` or ``"random"`` (Detectron2's).
         - ``NEG``: ``"iou_balanced"`` or ``"random"``.
         - ``NUM_BINS``: K, the number of IoU bins (3).
@@ -37,15 +37,15 @@ def add_libra_config(cfg: CN) -> None:
           (the reference implementation's bins over [floor, max IoU)).
         - ``FLOOR_THR``: negatives with IoU below it are sampled apart; -1 turns it off.
         - ``FLOOR_FRACTION``: share of the negatives drawn from below ``FLOOR_THR``.
-    - ``MODEL.LIBRA.BALANCED_L1``: the balanced L1 loss (§4) of the RoI box head, used when
-      ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE`` is ``"balanced_l1"``.
+    - ``MODEL.LIBRA.BALANCED_L1``: the balanced L1 loss (docs/methods.md#balanced-l1-loss) of the RoI
+      box head, used when ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE`` is ``"balanced_l1"``.
         - ``ALPHA`` (0.5), ``GAMMA`` (1.5), ``BETA`` (1.0, the transition point).
         - ``VARIANT``: ``"paper"`` (|x| scaled by 1/beta, continuous gradient) or
           ``"mmdet"`` (the reference implementation's formula).
     - ``MODEL.LIBRA.RETINANET.BALANCED_L1``: the same keys for Libra RetinaNet's (and FSAF's
       anchor-based) box loss, used when ``MODEL.RETINANET.BBOX_REG_LOSS_TYPE`` is
-      ``"balanced_l1"``; ``BETA`` 0.11, the published Libra RetinaNet's (§5).
-    - ``MODEL.LIBRA.FSAF``: the feature-selective anchor-free module (§7), used with
+      ``"balanced_l1"``; ``BETA`` 0.11, the published Libra RetinaNet's (docs/methods.md#focal-loss-and-retinanet).
+    - ``MODEL.LIBRA.FSAF``: the feature-selective anchor-free module (docs/methods.md#fsaf), used with
       ``MODEL.META_ARCHITECTURE: "FSAF"``.
         - ``ANCHOR_BASED``: ``True`` trains RetinaNet's anchor-based branch jointly (AB+FSAF)
           and merges both outputs before NMS; ``False`` is FSAF alone.
@@ -65,7 +65,7 @@ def add_libra_config(cfg: CN) -> None:
       its outputs (``[]``: not given). The converter of mmdetection checkpoints writes them;
       ``train_net.py`` then refuses a dataset whose ``thing_classes`` differ, and
       ``libra_rcnn.predict`` labels its drawings with them when the dataset has none.
-    - ``MODEL.LIBRA.ANALYSIS``: imbalance statistics written during training (§1).
+    - ``MODEL.LIBRA.ANALYSIS``: imbalance statistics written during training (docs/methods.md#the-three-imbalances).
         - ``GRAD_SHARE_PERIOD``: every this many iterations ``LibraFastRCNNOutputLayers``
           writes the inliers' share of the box-regression gradient (20, the period of
           Detectron2's ``PeriodicWriter``; 0 turns it off).

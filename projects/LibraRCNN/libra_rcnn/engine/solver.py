@@ -2,7 +2,7 @@
 
 Detectron2's ``SOLVER.CLIP_GRADIENTS`` clips each parameter's gradient on its own (``"value"``
 or ``"norm"``). mmdetection's ``optim_wrapper.clip_grad=dict(max_norm, norm_type)``, which its
-FSAF configs set (max_norm 10, METHODS.md §7), clips the norm of all gradients together,
+FSAF configs set (max_norm 10, docs/methods.md#fsaf), clips the norm of all gradients together,
 ``torch.nn.utils.clip_grad_norm_`` over every parameter: a large gradient in one layer then
 scales down every layer's step, and the direction of the whole update is kept. The type name
 ``"full_model"`` is the one Detectron2's own projects use for this.

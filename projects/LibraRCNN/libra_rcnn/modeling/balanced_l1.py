@@ -1,4 +1,4 @@
-"""Balanced L1 loss (Libra R-CNN §3.3, Eq. 4–9; METHODS.md §4)."""
+"""Balanced L1 loss (Libra R-CNN §3.3, Eq. 4–9; docs/methods.md#balanced-l1-loss)."""
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -27,7 +27,7 @@ def balanced_l1_loss(
     variant: str = "paper",
     weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Balanced L1 loss of the regression error ``x = input - target`` (METHODS.md §4).
+    """Balanced L1 loss of the regression error ``x = input - target`` (docs/methods.md#balanced-l1-loss).
 
     With ``b = exp(gamma / alpha) - 1`` (so that ``alpha * ln(b + 1) = gamma``):
 

@@ -1,4 +1,4 @@
-"""Balanced feature pyramid (Libra R-CNN §3.2, Eq. 3, Fig. 4; METHODS.md §3)."""
+"""Balanced feature pyramid (Libra R-CNN §3.2, Eq. 3, Fig. 4; docs/methods.md#balanced-feature-pyramid)."""
 from collections import OrderedDict
 from typing import Dict
 
@@ -30,7 +30,7 @@ def _conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 class NonLocalBlock2d(nn.Module):
-    """Embedded-Gaussian non-local block, as the BFP's refinement (METHODS.md §3, step 3).
+    """Embedded-Gaussian non-local block, as the BFP's refinement (docs/methods.md#balanced-feature-pyramid, step 3).
 
     ``y = x + W_out(softmax(theta(x)^T phi(x)) g(x))`` over all H*W positions, with 1x1
     convolutions theta, phi, g (``channels -> channels``, reduction 1) and W_out. As in the
@@ -92,7 +92,7 @@ class NonLocalBlock2d(nn.Module):
 
 
 class BalancedFeaturePyramid(Backbone):
-    """Wraps an FPN backbone and balances its levels (METHODS.md §3).
+    """Wraps an FPN backbone and balances its levels (docs/methods.md#balanced-feature-pyramid).
 
     For the FPN outputs ordered by stride (e.g. P2–P6) and the refine level r:
 

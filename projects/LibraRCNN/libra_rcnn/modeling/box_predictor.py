@@ -17,12 +17,12 @@ class LibraFastRCNNOutputLayers(FastRCNNOutputLayers):
     """Detectron2's ``FastRCNNOutputLayers`` with ``"balanced_l1"`` as a box loss type.
 
     With ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE: "balanced_l1"`` the box regression loss
-    is :func:`balanced_l1_loss` (METHODS.md §4) of the predicted vs. the GT ``box_delta``s of
+    is :func:`balanced_l1_loss` (docs/methods.md#balanced-l1-loss) of the predicted vs. the GT ``box_delta``s of
     the foreground RoIs, summed and divided by the number of sampled RoIs, as Detectron2
     normalises its smooth L1 loss; ``BBOX_REG_LOSS_WEIGHT`` still scales it. Every other
     loss type (``smooth_l1``, ``giou``, ...) is Detectron2's own, unchanged.
 
-    Gradient shares (Libra R-CNN §3.3, METHODS.md §1): in training, with the loss type
+    Gradient shares (Libra R-CNN §3.3, docs/methods.md#the-three-imbalances): in training, with the loss type
     ``smooth_l1`` or ``balanced_l1``, every ``MODEL.LIBRA.ANALYSIS.GRAD_SHARE_PERIOD``
     iterations (at the iterations where Detectron2's ``PeriodicWriter`` writes, for the
     default 20) two scalars of that iteration's foreground RoIs go to the ``EventStorage``

@@ -1,4 +1,4 @@
-"""FSAF: the feature-selective anchor-free module on Detectron2's RetinaNet (METHODS.md §7).
+"""FSAF: the feature-selective anchor-free module on Detectron2's RetinaNet (docs/methods.md#fsaf).
 
 Zhu, He and Savvides, "Feature Selective Anchor-Free Module for Single-Shot Object
 Detection", CVPR 2019. Every pyramid level gets an anchor-free branch: a K-channel class
@@ -196,7 +196,7 @@ class FSAFHead(RetinaNetHead):
 
 @META_ARCH_REGISTRY.register()
 class FSAF(LibraRetinaNet):
-    """RetinaNet with the FSAF anchor-free module: FSAF alone or AB+FSAF (METHODS.md §7).
+    """RetinaNet with the FSAF anchor-free module: FSAF alone or AB+FSAF (docs/methods.md#fsaf).
 
     Select with ``MODEL.META_ARCHITECTURE: "FSAF"``; keys ``MODEL.LIBRA.FSAF.*``
     (:func:`libra_rcnn.add_libra_config`). The anchor-based branch, its anchors, losses and

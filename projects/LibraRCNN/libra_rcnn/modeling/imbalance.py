@@ -1,4 +1,4 @@
-"""Measures of the sample-level and objective-level imbalance (METHODS.md §1).
+"""Measures of the sample-level and objective-level imbalance (docs/methods.md#the-three-imbalances).
 
 Libra R-CNN §1 / Fig. 3 and §3.3 / Fig. 5 describe two imbalances by numbers that these
 functions compute on a batch, as tensors on the inputs' device (no host-device sync):
@@ -42,7 +42,8 @@ __all__ = [
 NEG_IOU_BIN_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4)
 # Scalar-name suffixes of the bins, in hundredths of IoU ("bg": up to the background threshold).
 NEG_IOU_BIN_NAMES = ("00_05", "05_10", "10_20", "20_30", "30_40", "40_bg")
-# A negative is counted as hard when its IoU with the nearest GT box is at least this (§1).
+# A negative is counted as hard when its IoU with the nearest GT box is at least this
+# (docs/methods.md#the-three-imbalances).
 HARD_NEGATIVE_IOU = 0.05
 # A sample (RoI) is an inlier when its box-regression loss is below this (Libra R-CNN §3.3).
 INLIER_LOSS = 1.0
@@ -71,7 +72,7 @@ def negative_iou_counts(max_iou: torch.Tensor, negatives: torch.Tensor) -> torch
 
 
 def balanced_l1_grad(diff: torch.Tensor, options: BalancedL1Options) -> torch.Tensor:
-    """|dL/dx| of the balanced L1 loss at |x| = ``diff`` (METHODS.md §4, Eq. 7).
+    """|dL/dx| of the balanced L1 loss at |x| = ``diff`` (docs/methods.md#balanced-l1-loss, Eq. 7).
 
     With ``b = exp(gamma / alpha) - 1``:
 
@@ -163,7 +164,7 @@ def fixed_rule_gradient_shares(
     :func:`inlier_gradient_sums` counts as inliers the RoIs whose *own* loss is below 1, so two
     runs with different losses draw the line in different places (smooth L1 at beta 1 reaches
     1 at |x| = 1.5 on one coordinate, balanced L1 at 0.95). Here the inliers are fixed by the
-    paper's baseline loss (Libra R-CNN §3.3, METHODS.md §1: smooth L1 at ``smooth_l1_beta``,
+    paper's baseline loss (Libra R-CNN §3.3, docs/methods.md#the-three-imbalances: smooth L1 at ``smooth_l1_beta``,
     summed over the 4 deltas, below 1), and both losses' gradients |dL/dx| (Fig. 5) are
     evaluated on the same residuals: the share the inliers would get under each loss.
 

@@ -1,4 +1,4 @@
-"""Uniform draws without replacement inside groups, for a whole batch at once (docs/methods.md §2).
+"""Uniform draws without replacement inside groups, for a whole batch at once (docs/methods.md#iou-balanced-sampling).
 
 The samplers of :mod:`libra_rcnn.modeling.sampling` draw, in every group of candidates (an IoU
 bin, a GT box, an image), a given number of members uniformly at random and without

@@ -1,4 +1,5 @@
-"""Rescaling feature maps between pyramid levels, for the balanced feature pyramid (docs/methods.md §3).
+"""Rescaling feature maps between pyramid levels, for the balanced feature pyramid
+(docs/methods.md#balanced-feature-pyramid).
 
 Two operations, :func:`max_pool_to` (``F.adaptive_max_pool2d``) and :func:`add_upsampled`
 (``x + F.interpolate(y, size of x, mode="nearest")``). Where the graph recorded must hold for every

@@ -1,4 +1,5 @@
-"""RetinaNet whose box regression can use the balanced L1 loss (Libra RetinaNet, METHODS.md §5)."""
+"""RetinaNet whose box regression can use the balanced L1 loss (Libra RetinaNet,
+docs/methods.md#focal-loss-and-retinanet)."""
 from typing import List
 
 import torch

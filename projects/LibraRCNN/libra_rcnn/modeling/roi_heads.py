@@ -58,7 +58,7 @@ def label_proposals(proposal_matcher, num_classes: int, proposal_boxes: Boxes, t
 
 
 def build_roi_sampler(cfg, proposal_matcher) -> BalancedRoISampler:
-    """The RoI sampler of ``MODEL.LIBRA.SAMPLER`` and ``MODEL.ROI_HEADS`` (METHODS.md §2).
+    """The RoI sampler of ``MODEL.LIBRA.SAMPLER`` and ``MODEL.ROI_HEADS`` (docs/methods.md#iou-balanced-sampling).
 
     Args:
         cfg: a config with the project's keys (:func:`add_libra_config`).
@@ -83,7 +83,7 @@ def build_roi_sampler(cfg, proposal_matcher) -> BalancedRoISampler:
 class LibraROIHeads(StandardROIHeads):
     """``StandardROIHeads`` with Libra R-CNN's RoI sampling and box predictor.
 
-    - Sampling (METHODS.md §2): IoU-balanced negatives and instance-balanced positives,
+    - Sampling (docs/methods.md#iou-balanced-sampling): IoU-balanced negatives and instance-balanced positives,
       configured by ``MODEL.LIBRA.SAMPLER``; see :class:`BalancedRoISampler`. The whole batch
       is sampled in one vectorised call on the proposals' device.
     - Box predictor: :class:`LibraFastRCNNOutputLayers`, which adds ``"balanced_l1"`` to
@@ -94,7 +94,7 @@ class LibraROIHeads(StandardROIHeads):
     copied to the sampled proposals (so mask and keypoint heads work unchanged), and the
     ``roi_head/num_fg_samples`` / ``num_bg_samples`` scalars.
 
-    Sampling statistics (METHODS.md §1, Libra R-CNN Fig. 3), written to the ``EventStorage``
+    Sampling statistics (docs/methods.md#the-three-imbalances, Libra R-CNN Fig. 3), written to the ``EventStorage``
     every iteration, per image (mean over the batch) like ``num_bg_samples``:
 
     - ``roi_head/num_bg_iou_{00_05, 05_10, 10_20, 20_30, 30_40, 40_bg}``: sampled negatives

@@ -1,6 +1,6 @@
 """IoU-balanced negative and instance-balanced positive sampling of RoIs.
 
-Libra R-CNN §3.1, Eq. 1–2; METHODS.md §2.
+Libra R-CNN §3.1, Eq. 1–2; docs/methods.md#iou-balanced-sampling.
 
 Every function here works on the proposals of a whole batch at once, flattened into one
 dimension with an ``image_index`` per proposal, and returns boolean masks. Draws are made
@@ -59,7 +59,7 @@ def instance_balanced_positives(
     by_gt: Optional[RandomOrder] = None,
     by_image: Optional[RandomOrder] = None,
 ) -> torch.Tensor:
-    """Instance-balanced positive sampling (METHODS.md §2, the reference configuration).
+    """Instance-balanced positive sampling (docs/methods.md#iou-balanced-sampling, the reference configuration).
 
     In each image with more than P = ``num_expected`` positive candidates, and G distinct
     GT boxes among them: every GT box gives at most ``round(P / G) + 1`` of its own
@@ -121,7 +121,8 @@ def random_negatives(
     *,
     by_image: Optional[RandomOrder] = None,
 ) -> torch.Tensor:
-    """Random negative sampling (METHODS.md §2, p = N / M), as Detectron2's ``subsample_labels``.
+    """Random negative sampling (docs/methods.md#iou-balanced-sampling, p = N / M), as Detectron2's
+    ``subsample_labels``.
 
     Args:
         neg_mask: bool (N,), the negative candidates.
@@ -205,7 +206,7 @@ def iou_balanced_negatives(
     bin_offset: int = 0,
     by_image: Optional[RandomOrder] = None,
 ) -> torch.Tensor:
-    """IoU-balanced negative sampling (Libra R-CNN §3.1, Eq. 2; METHODS.md §2).
+    """IoU-balanced negative sampling (Libra R-CNN §3.1, Eq. 2; docs/methods.md#iou-balanced-sampling).
 
     With N = ``num_expected[i]`` negatives wanted in image i and K = ``num_bins``:
 
