@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (main job) and `make test`.
 PY := .venv/bin/python
 
-.PHONY: setup reference slurm demo test
+.PHONY: setup reference slurm demo test docs
 setup:
 	bash scripts/bootstrap.sh
 
@@ -18,3 +18,7 @@ demo:
 
 test: setup reference slurm
 	$(PY) -m pytest -q
+
+# Rewrite every generated block of README.md and docs/*.md from the committed results.
+docs: setup
+	$(PY) docs/generate.py

@@ -256,8 +256,9 @@ def run_ablation(args: argparse.Namespace, argv: Optional[List[str]] = None) -> 
         "differences to the first row; step: the same to the row above; beyond noise: a two-sided paired t-test "
         "at 5 % rejects a zero difference.\n"
     )
-    components = list(dict.fromkeys(r["what"] for r in runs))
-    lines = verdicts(summary, components)
+    # Verdicts where each row is one switch from the row above (a study); a table of --configs
+    # may compare rows that are not.
+    lines = verdicts(summary, list(dict.fromkeys(r["what"] for r in runs))) if args.study else []
     footer = "\nWhat each row adds, at these seeds:\n\n" + "".join(f"- {line}.\n" for line in lines) if lines else ""
     table = write_table(summary, os.path.join(args.out, args.table + ".md"), header, footer)
     write_json(os.path.join(args.out, args.table + ".json"),
