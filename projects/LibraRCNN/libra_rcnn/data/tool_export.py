@@ -26,16 +26,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..config import EXIT_BAD_INPUT
 from ..io import atomic_open
-from .fashion_scenes import FASHION_MNIST_DIR, load_fashion_mnist, render_scene
+from .fashion_scenes import FASHION_MNIST_DIR, load_fashion_mnist, render_scene, run_builder
 
 __all__ = ["CATEGORIES", "build_tool_export", "main"]
 
@@ -161,16 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fashion-mnist-dir", default=FASHION_MNIST_DIR, help="folder of Fashion-MNIST's IDX files")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        written = build_tool_export(args.out, args.num_train, args.num_val, args.seed, args.fashion_mnist_dir)
-    except FileNotFoundError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for split, path in written.items():
-        print(f"{split}: {path}")
-    print(f"built in {time.perf_counter() - start:.1f} s")
-    return 0
+    return run_builder(PROG, lambda: build_tool_export(args.out, args.num_train, args.num_val, args.seed,
+                                                       args.fashion_mnist_dir))
 
 
 if __name__ == "__main__":
