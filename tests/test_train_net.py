@@ -31,6 +31,12 @@ def test_training_decreases_the_loss_and_writes_a_checkpoint(trained):
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
 
 
+def test_training_draws_its_loss_curves_from_metrics_json(trained):
+    out, _ = trained
+    assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "loss_curves.png").stat().st_mtime >= (out / "metrics.json").stat().st_mtime
+
+
 def test_eval_only_returns_coco_metrics(trained):
     out, _ = trained
     args = args_for("--config-file", str(REPO / CONFIG), "--eval-only", *TINY,

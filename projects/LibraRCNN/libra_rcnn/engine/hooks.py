@@ -1,5 +1,5 @@
 """Hooks of the trainers and what they write: the peak memory and the inference time as scalars,
-and ``metrics.json`` cut back to where a resumed run starts again."""
+``metrics.json`` cut back to where a resumed run starts again, and the loss curves as a PNG."""
 import json
 import os
 import resource
@@ -9,7 +9,7 @@ import torch
 from detectron2.engine import HookBase
 from torch import nn
 
-__all__ = ["PeakMemoryHook", "InferenceTimer", "truncate_metrics"]
+__all__ = ["PeakMemoryHook", "InferenceTimer", "LossCurves", "draw_loss_curves", "truncate_metrics"]
 
 
 class PeakMemoryHook(HookBase):
@@ -88,3 +88,71 @@ class InferenceTimer(nn.Module):
         timed = self.passes[min(self.warmup, len(self.passes) - 1):]
         images = sum(n for _, n in timed)
         return sum(t for t, _ in timed) / images if images else float("nan")
+
+
+def draw_loss_curves(metrics_path: str, output: str) -> str:
+    """Draw the losses of a Detectron2 ``metrics.json`` (one JSON object per line, written by
+    ``JSONWriter`` every ``PeriodicWriter`` period): ``total_loss`` and each ``loss_*`` against
+    the iteration, one panel for the total and one for its terms, as a PNG at ``output``.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ValueError: when ``metrics_path`` holds no loss.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn last line of a killed run
+                continue
+            for key, value in record.items():
+                if key == "total_loss" or key.startswith("loss_"):
+                    series.setdefault(key, []).append((record["iteration"], value))
+    if not series:
+        raise ValueError(f"{metrics_path} holds no loss (total_loss, loss_*)")
+    fig, (total, terms) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, keys in ((total, ["total_loss"]), (terms, sorted(k for k in series if k != "total_loss"))):
+        for key in keys:
+            if key in series:
+                ax.plot(*zip(*series[key]), label=key, linewidth=1.2)
+        ax.set(xlabel="iteration", ylabel="loss (median of the logging window)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    total.set_title("total loss")
+    terms.set_title("its terms")
+    run = os.path.dirname(os.path.abspath(metrics_path))
+    fig.suptitle(os.path.join(os.path.basename(os.path.dirname(run)), os.path.basename(run)), fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
+
+
+class LossCurves(HookBase):
+    """After training, draws ``OUTPUT_DIR/metrics.json``'s losses into ``OUTPUT_DIR/loss_curves.png``
+    (:func:`draw_loss_curves`), on the main process; TensorBoard's event file is written as before.
+    Must run after Detectron2's ``PeriodicWriter``, which flushes the last scalars after training.
+
+    Args:
+        output_dir: the run's folder (``OUTPUT_DIR``, LazyConfig ``train.output_dir``).
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def after_train(self):
+        metrics = os.path.join(self.output_dir, "metrics.json")
+        if os.path.isfile(metrics):
+            try:
+                draw_loss_curves(metrics, os.path.join(self.output_dir, "loss_curves.png"))
+            except ValueError:  # no loss was logged (a run stopped before its first write)
+                pass

@@ -32,7 +32,7 @@ from ..config import check_weights_file, load_lazy_config
 from .checkpoint import AtomicCheckpointer
 from .checks import check_model_builds, check_world_size
 from .cli import argument_parser, launch_checked, resume_under_launcher
-from .hooks import truncate_metrics
+from .hooks import LossCurves, truncate_metrics
 from .launcher import requeue_hook
 from .trainer import ddp_kwargs
 
@@ -96,6 +96,7 @@ def do_train(args, cfg):
             hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if main_process
             else None,
+            LossCurves(cfg.train.output_dir) if main_process else None,
         ]
     )
     resume = resume_under_launcher(args, checkpointer)

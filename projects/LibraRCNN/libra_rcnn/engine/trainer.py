@@ -17,7 +17,7 @@ from ..config import num_classes_key
 from ..data.checks import load_train_records
 from . import launcher
 from .checkpoint import AtomicCheckpointer
-from .hooks import InferenceTimer, PeakMemoryHook, truncate_metrics
+from .hooks import InferenceTimer, LossCurves, PeakMemoryHook, truncate_metrics
 from .solver import build_optimizer
 
 __all__ = ["Trainer", "ddp_kwargs"]
@@ -106,6 +106,7 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         if comm.is_main_process():  # before the PeriodicWriter, which Detectron2 puts last
             hooks.insert(len(hooks) - 1, PeakMemoryHook())
+            hooks.append(LossCurves(self.cfg.OUTPUT_DIR))  # after it: it writes the last scalars
         requeue = launcher.requeue_hook(self.checkpointer)
         if requeue is not None:  # SLURM: checkpoint and requeue on the warning signal
             hooks.insert(len(hooks) - 1, requeue)
