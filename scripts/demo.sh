@@ -10,8 +10,11 @@ shift || true
 PY=.venv/bin/python
 
 bash scripts/bootstrap.sh
-if [ ! -f datasets/fashion_scenes/annotations/instances_val.json ]; then
-  "$PY" -m libra_rcnn.data --out datasets/fashion_scenes
+# Where Detectron2's datasets live ($DETECTRON2_DATASETS, ./datasets by default): the configs'
+# fashion_scenes_* datasets are registered from there.
+SCENES=${DETECTRON2_DATASETS:-datasets}/fashion_scenes
+if [ ! -f "$SCENES/annotations/instances_val.json" ]; then
+  "$PY" -m libra_rcnn.data --out "$SCENES"
 fi
 "$PY" train_net.py --config-file "$CONFIG" --resume "$@"
 "$PY" -m libra_rcnn.tools.visualize --config-file "$CONFIG" "$@"
