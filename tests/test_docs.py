@@ -24,10 +24,13 @@ def anchors(page):
 
 def test_readme_is_a_front_page():
     text = (REPO / "README.md").read_text()
-    assert len(text.splitlines()) <= 250
-    for part in ("## The two commands", "make demo", "make test", "## Installation", "## Models and configs",
-                 "## Components", "## Documentation"):  # fmt: skip
+    assert len(text.splitlines()) < 200
+    for part in ("## Quickstart for Detectron2 users", "## The two commands", "make demo", "make test",
+                 "## Installation", "## Models and configs", "## Components", "## Documentation"):  # fmt: skip
         assert part in text
+    quickstart = text.split("## Quickstart for Detectron2 users")[1].split("## ")[0]
+    assert len(quickstart.strip().splitlines()) <= 10, quickstart
+    assert text.index("## Quickstart") < text.index("## The two commands") < text.index("## Installation")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
