@@ -37,6 +37,7 @@ import sys
 from typing import Dict, List, Optional
 
 import torch
+from tqdm import tqdm
 from detectron2.config import get_cfg
 
 from ..config import EXIT_BAD_INPUT, add_libra_config
@@ -142,10 +143,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "files are read too, nothing is run); default: the config the checkpoint carries")  # fmt: skip
     args = parser.parse_args(argv)
     config_file = os.path.splitext(args.output)[0] + ".yaml"
+    # Progress by stage, on a terminal's stderr (none in a pipe or a log): reading a COCO checkpoint
+    # and building the model to check the converted keys against take a few seconds each on a CPU.
+    progress = tqdm(total=3, desc=f"{PROG}: reading {os.path.basename(args.input)}", file=sys.stderr,
+                    bar_format="{desc} [{n}/{total}]", leave=False, disable=None)  # fmt: skip
     try:
         state, meta = load_mmdet_checkpoint(args.input)
+        progress.set_description(f"{PROG}: converting {len(state)} tensors and checking them against Detectron2's model")
+        progress.update()
         model, plan, layout, where = convert(state, meta, args.config)
+        progress.set_description(f"{PROG}: writing {args.output}")
+        progress.update()
     except (ConversionError, FileNotFoundError) as e:
+        progress.close()
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     version = mmdet_version(meta)
@@ -159,6 +169,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "matching_heuristics": False}, f)  # fmt: skip
     write_config(config_file, dataclasses.replace(plan, settings=[("MODEL.WEIGHTS", args.output, "the converted weights")]
                                                   + plan.settings), header)  # fmt: skip
+    progress.update()
+    progress.close()
     print(f"converted {len(state)} mmdetection tensors ({version or 'version unknown'}) into {len(model)} "
           f"Detectron2 tensors: {args.output}")  # fmt: skip
     print(f"config: {config_file} (" + (f"from {where}" if where else "no config in the checkpoint")

@@ -32,6 +32,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from PIL import Image
+from tqdm import tqdm
 
 from ..config import EXIT_BAD_INPUT
 from ..io import atomic_open
@@ -269,7 +270,7 @@ def build_fashion_scenes(
         os.makedirs(image_dir, exist_ok=True)
         os.makedirs(os.path.dirname(json_file), exist_ok=True)
         coco_images, coco_annotations = [], []
-        for image_id in range(count):
+        for image_id in tqdm(range(count), desc=f"fashion_scenes {split}", unit="image", file=sys.stderr):
             pixels, items = render_scene(rng, images, labels, size=size)
             file_name = f"{image_id:06d}.png"
             Image.fromarray(pixels).save(os.path.join(image_dir, file_name))
