@@ -32,6 +32,8 @@ def documented_commands():
                 command = " ".join(match.group(1).split())
                 if command in NOT_OURS:
                     continue
+                if command.endswith(".py") and not (REPO / command).exists():  # /path/to/train_net.py
+                    command = command.rsplit("/", 1)[-1]
                 flags = found[command]
                 for flag in re.findall(r"(?:^|\s)(--[a-z][\w-]*)", match.group(2)):
                     flags[flag].append(page.name)
