@@ -63,7 +63,8 @@ def test_settings_compare_only_keys_both_sides_have():
 def test_a_different_schedule_is_refused_before_training(tiny_scenes, tmp_path):
     data = ["DATASETS.TRAIN", "('tiny_scenes_train',)", "DATASETS.TEST", "('tiny_scenes_val',)"]
     configs = ["configs/FashionScenes/faster_rcnn_R_18_FPN_GN.yaml", "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"]
-    args = argparse.Namespace(configs=[str(REPO / c) for c in configs], out=str(tmp_path), seeds=[7], opts=data)
+    args = argparse.Namespace(configs=[str(REPO / c) for c in configs], study=None, config_file=None, sweep=[],
+                              out=str(tmp_path), seeds=[7], opts=data)  # fmt: skip
     with pytest.raises(InputError, match=r"SOLVER\.MAX_ITER = 90000 differs from 800"):
         _prepare(args)
     args.configs = [str(REPO / configs[0])] * 2

@@ -289,9 +289,11 @@ def test_fig3_command_end_to_end(short_run, tiny_scenes, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if " negatives, " in line]
     counts = {line.split(":")[0]: int(line.split()[1]) for line in lines}
     shares = {line.split(":")[0]: float(line.split(", ")[1].split()[0]) for line in lines}
-    assert set(counts) == {"random", "iou_balanced", "hard"}
-    # The same number of negatives in each set: 4 images x (64 RoIs - positives) at most.
-    assert len(set(counts.values())) == 1 and 0 < counts["random"] <= 4 * 64
+    assert set(counts) == {"random", "iou_balanced", "hard", "candidates"}
+    # The same number of negatives in each sampled set: 4 images x (64 RoIs - positives) at most;
+    # the candidates are every negative proposal they are drawn from.
+    assert len({counts[k] for k in ("random", "iou_balanced", "hard")}) == 1 and 0 < counts["random"] <= 4 * 64
+    assert counts["candidates"] >= counts["random"]
     assert all(0 <= s <= 100 for s in shares.values())
 
 
