@@ -114,16 +114,20 @@ def _ap_cell(values: Dict[int, float], where: str = "") -> str:
     return f"{statistics.fmean(ap):.1f} ± {statistics.stdev(ap):.1f} (seeds {', '.join(map(str, seeds))}{where})"
 
 
+def _seed_ap(folder: Path, ap: Callable[[dict], float]) -> str:
+    """Mean ± sample std over FOLDER/seed_N/result.json of ``ap(result)``."""
+    files = sorted(folder.glob("seed_*/result.json"))
+    return _ap_cell({int(f.parent.name[5:]): ap(json.loads(f.read_text())) for f in files})
+
+
 def _runs(name: str) -> str:
-    """Mean ± sample std of the AP of the committed runs results/runs/NAME/seed_N."""
-    files = sorted((DOCS / "results" / "runs" / name).glob("seed_*/result.json"))
-    return _ap_cell({int(f.parent.name[5:]): json.loads(f.read_text())["AP"] for f in files})
+    """The AP of the committed runs results/runs/NAME/seed_N."""
+    return _seed_ap(DOCS / "results" / "runs" / name, lambda result: result["AP"])
 
 
 def _reference(name: str) -> str:
     """The same for mmdetection's runs, results/reference/NAME/seed_N."""
-    files = sorted((DOCS / "results" / "reference" / name).glob("seed_*/result.json"))
-    return _ap_cell({int(f.parent.name[5:]): json.loads(f.read_text())["box_ap"]["AP"] for f in files})
+    return _seed_ap(DOCS / "results" / "reference" / name, lambda result: result["box_ap"]["AP"])
 
 
 def _table_row(path: str, row: str, note: str = "") -> str:
@@ -170,10 +174,15 @@ def _models() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _coco_ap(path: str) -> str:
-    """The box AP of the last evaluation in a Detectron2 ``metrics.json`` (one JSON per line)."""
+def _last_evaluation(path: str) -> dict:
+    """The record of the last box evaluation in a Detectron2 ``metrics.json`` (one JSON per line)."""
     records = [json.loads(line) for line in (DOCS / path).read_text().splitlines() if line.strip()]
-    last = next(r for r in reversed(records) if "bbox/AP" in r)
+    return next(r for r in reversed(records) if "bbox/AP" in r)
+
+
+def _coco_ap(path: str) -> str:
+    """The box AP of the last evaluation in a Detectron2 ``metrics.json``, then each class's."""
+    last = _last_evaluation(path)
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     lines = ["| " + " | ".join(names) + " |", "|---" * len(names) + "|",
              "| " + " | ".join(f"{last['bbox/' + n]:.1f}" for n in names) + " |", "",
@@ -218,8 +227,7 @@ def _diagnosis(path: str) -> str:
 def _demo_ap() -> str:
     """Two sentences: what a fresh clone's ``make demo`` took and reached (results/demo)."""
     run = json.loads((DOCS / "results" / "demo" / "run.json").read_text())
-    records = [json.loads(line) for line in (DOCS / "results" / "demo" / "metrics.json").read_text().splitlines()]
-    last = next(r for r in reversed(records) if "bbox/AP" in r)
+    last = _last_evaluation("results/demo/metrics.json")
     return (f"From a fresh clone at {run['commit']} ({run['date']}, {run['machine']}) it took "
             f"{run['wall_seconds'] / 60:.0f} min and reached {last['bbox/AP']:.1f} AP ({last['bbox/AP50']:.1f} AP50; "
             "`docs/results/demo/`). Training is deterministic on the CPU for a given code and CPU type; "
