@@ -6,6 +6,14 @@ A page marks each generated block with two comments; everything between them is 
     ...
     <!-- end generated -->
 
+A figure inside a sentence is a block on one line: the opening comment is not followed by a line
+break, and what the script writes between the comments is one line too:
+
+    Libra R-CNN reaches <!-- generated: value results/runs/table2_l1.json rows.name=table2_l1_d_balanced_l1.AP.mean .1f -->36.2<!-- end generated --> AP.
+
+Arguments are split as a shell splits them, so an argument with spaces is quoted ("...").
+PATH is relative to docs/.
+
 Blocks:
     ``table PATH``           the Markdown table of a result file written by ``libra_rcnn.ablation``
                              (PATH relative to docs/)
@@ -23,15 +31,43 @@ Blocks:
     ``models``               the README's model table: the papers' COCO AP beside the AP of our
                              FashionScenes runs (results/runs/NAME/seed_N/result.json, or a
                              one-seed table) and of mmdetection's (results/reference/NAME/seed_N)
+    ``paired_steps PATH...`` per step between consecutive rows of ablation-runner JSON results,
+                             every metric's difference paired by seed (mean ± sample std), in
+                             bold where a two-sided paired t-test at 5 % finds it beyond noise,
+                             and the AP difference at each seed
+    ``grad_shares RUN...``   per run folder (RUN/seed_N/metrics.json), the inliers' share of the
+                             box-regression gradient and of the foreground RoIs, each a mean over
+                             the second half of the logged iterations, then mean ± sample std over
+                             the seeds, and the ratio of the two means
+    ``inlier_gradients PATH`` the output of ``libra_rcnn.analysis.inlier_gradients`` (a JSON list
+                             of runs labelled "GROUP, seed N") as a table, one row per group:
+                             mean ± sample std over its seeds
+
+Inline (one line, see above):
+    ``value PATH FIELD [FORMAT [REDUCER]]``
+        one figure of a result file. The file is read as JSON; a file of JSON lines (Detectron2's
+        metrics.json, mmengine's scalars.json) as a list of records; a Markdown file as its first
+        table, a list of rows that map each column's header to the cell's text. FIELD is a path of
+        steps joined by dots: a key of an object (a glob pattern such as ``*`` takes every key it
+        matches), or, on a list, an index, ``*`` (every element) or ``KEY=PATTERN`` (the elements
+        whose KEY, as text, matches the glob PATTERN). After a pattern, elements that lack a later
+        key, and null and NaN values, are skipped. FORMAT is a Python format specification
+        (``+.1f``, ``.3f``, ``d``); one that ends in ``%`` writes the value times 100 and `` %``
+        (``.0%``: 0.649 -> "65 %"); ``duration`` writes seconds as "9 min 1 s"; ``s`` or none, the
+        value as it is. A field that matches several values needs a REDUCER: ``mean``, ``min``,
+        ``max``, ``absmax`` (the largest absolute value), ``range`` ("0.79–0.80") or ``list``
+        ("3435, 3384, 3472", in the file's order).
 
     python docs/generate.py            rewrite every block of README.md and docs/*.md (make docs)
     python docs/generate.py --check    exit 1, naming each block whose text differs from the
                                        results (the tests run it)
 """
 import argparse
+import fnmatch
 import json
 import math
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -41,7 +77,10 @@ from scipy import stats
 
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
-BLOCK = re.compile(r"(<!-- generated: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+# A block spans lines when its opening comment ends a line; otherwise it is a figure inside a line.
+BLOCK = re.compile(r"(?P<open><!-- generated: (?P<name>[^>]+?) -->(?P<newline>\n)?)"
+                   r"(?P<body>(?(newline).*?|[^\n]*?))<!-- end generated -->", re.S)
+END = "<!-- end generated -->"
 
 
 def _table(path: str) -> str:
@@ -60,7 +99,7 @@ def _paired(after: Dict[int, float], before: Dict[int, float]) -> dict:
     seeds = sorted(after.keys() & before.keys())
     diffs = [after[s] - before[s] for s in seeds]
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
-    t = mean / (std / math.sqrt(len(diffs)))
+    t = mean / (std / math.sqrt(len(diffs))) if std else math.copysign(math.inf, mean) if mean else 0.0
     return {"mean": mean, "std": std, "t": t, "p": float(2 * stats.t.sf(abs(t), len(diffs) - 1)), "seeds": seeds}
 
 
@@ -234,6 +273,169 @@ def _demo_ap() -> str:
             "floating point differs between CPUs, so another CPU may land up to about a point away.\n")
 
 
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def _seed_values(row: dict, metric: str) -> Dict[int, float]:
+    return {int(seed): value for seed, value in row["per_seed"][metric].items()}
+
+
+def _paired_steps(arg: str) -> str:
+    """Every metric's paired difference between consecutive rows of ablation-runner JSON results."""
+    lines = [f"| step | seeds | {' | '.join(METRICS)} | ΔAP per seed |", "|---" * (len(METRICS) + 3) + "|"]
+    for path in arg.split():
+        rows = json.loads((DOCS / path).read_text())["rows"]
+        for before, after in zip(rows, rows[1:]):
+            cells = []
+            for metric in METRICS:
+                f = _paired(_seed_values(after, metric), _seed_values(before, metric))
+                cell = f"{f['mean']:+.1f} ± {f['std']:.1f}"
+                cells.append(f"**{cell}**" if f["p"] < 0.05 else cell)
+            seeds = f["seeds"]
+            ap_after, ap_before = _seed_values(after, "AP"), _seed_values(before, "AP")
+            per_seed = " / ".join(f"{ap_after[s] - ap_before[s]:+.1f}" for s in seeds)
+            lines.append(f"| `{before['name']}` → `{after['name']}` | {', '.join(map(str, seeds))} | "
+                         f"{' | '.join(cells)} | {per_seed} |")  # fmt: skip
+    lines += ["", "Each cell: the mean ± sample std over the seeds of the per-seed difference (the later row minus "
+              "the earlier one, paired by seed); **bold**: beyond noise, a two-sided paired t-test at 5 % rejects "
+              "a zero difference."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: List[float], fmt: str = ".3f") -> str:
+    return f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def _grad_shares(arg: str) -> str:
+    """The inliers' shares of the box-regression gradient and of the foreground RoIs, over seeds."""
+    lines = ["| run | seeds | iterations averaged | inliers' share of the gradient | "
+             "inliers' share of the foreground RoIs | ratio |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for folder in arg.split():
+        shares: Dict[str, Dict[int, float]] = {"box_reg/inlier_grad_share": {}, "box_reg/inlier_share": {}}
+        spans = set()
+        for path in sorted((DOCS / folder).glob("seed_*/metrics.json")):
+            records = _read(str(path.relative_to(DOCS)))
+            for key, per_seed in shares.items():
+                points = sorted((r["iteration"], r[key]) for r in records if key in r)
+                second_half = points[len(points) // 2 :]
+                per_seed[int(path.parent.name[5:])] = statistics.fmean(v for _, v in second_half)
+                spans.add(f"{second_half[0][0]}–{second_half[-1][0]}")
+        grad, rois = ([per_seed[s] for s in sorted(per_seed)] for per_seed in shares.values())
+        seeds = sorted(shares["box_reg/inlier_grad_share"])
+        lines.append(f"| `{Path(folder).name}` | {', '.join(map(str, seeds))} | {', '.join(sorted(spans))} | "
+                     f"{_mean_std(grad)} | {_mean_std(rois)} | "
+                     f"{statistics.fmean(grad) / statistics.fmean(rois):.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _inlier_gradients(path: str) -> str:
+    """The output of ``libra_rcnn.analysis.inlier_gradients`` as a table, one row per group of seeds."""
+    groups: Dict[str, List[dict]] = {}
+    for run in json.loads((DOCS / path).read_text()):
+        groups.setdefault(run["label"].rpartition(", seed ")[0], []).append(run)
+    lines = ["| residuals of the model | foreground RoIs | inliers (smooth L1 < 1) | inliers' gradient share, smooth L1 | "
+             "inliers' gradient share, balanced L1 | by balanced L1's own loss < 1: inliers / gradient share |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for group, runs in groups.items():
+
+        def cell(key: str) -> str:
+            return _mean_std([run[key] for run in runs])
+
+        seeds = ", ".join(run["label"].rpartition(", seed ")[2] for run in runs)
+        configs = ", ".join(sorted({f"`{Path(run['run']).parent.name}`" for run in runs}))
+        lines.append(f"| {group} ({configs}), seeds {seeds} | {', '.join(str(round(run['rois'])) for run in runs)} | "
+                     f"{cell('inlier_share')} | {cell('smooth_l1_grad_share')} | **{cell('balanced_l1_grad_share')}** | "
+                     f"{cell('balanced_l1_own_inlier_share')} / {cell('balanced_l1_own_grad_share')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _read(path: str):
+    """A result file as data: JSON; JSON lines as a list of records; Markdown, its first table as a list of rows."""
+    text = (DOCS / path).read_text()
+    if path.endswith(".md"):
+        table = []
+        for line in text.splitlines():
+            if line.startswith("|"):
+                table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            elif table:
+                break
+        header, rows = table[0], [row for row in table[1:] if not set("".join(row)) <= set("-: ")]
+        return [dict(zip(header, row)) for row in rows]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _select(data, field: str) -> list:
+    """The values at FIELD (see ``value`` in the module docstring)."""
+    found, many = [data], False
+    for step in field.split("."):
+        reached = []
+        for item in found:
+            if isinstance(item, list) and step.isdigit():
+                reached.append(item[int(step)])
+            elif isinstance(item, list) and step == "*":
+                reached += item
+                many = True
+            elif isinstance(item, list) and "=" in step:
+                key, _, pattern = step.partition("=")
+                reached += [e for e in item if isinstance(e, dict) and fnmatch.fnmatchcase(str(e.get(key)), pattern)]
+                many = many or _is_pattern(pattern)
+            elif isinstance(item, dict) and _is_pattern(step):
+                reached += [value for key, value in item.items() if fnmatch.fnmatchcase(key, step)]
+                many = True
+            elif isinstance(item, dict) and step in item:
+                reached.append(item[step])
+            elif not many:
+                raise KeyError(f"no {step!r} in {field!r}")
+        found = reached
+    return [v for v in found if not (v is None or (many and isinstance(v, float) and math.isnan(v)))]
+
+
+def _format(value, spec: str) -> str:
+    if spec in ("", "s"):
+        return str(value)
+    number = float(value.replace("−", "-")) if isinstance(value, str) else value
+    if spec == "duration":
+        minutes, seconds = divmod(round(number), 60)
+        return f"{minutes} min {seconds} s" if minutes and seconds else f"{minutes} min" if minutes else f"{seconds} s"
+    if spec.endswith("%"):
+        return format(100 * number, spec[:-1] + "f") + " %"
+    if spec.endswith("d") and isinstance(number, float) and number.is_integer():
+        number = int(number)
+    return format(number, spec)
+
+
+def _value(arg: str) -> str:
+    """One figure of a result file (see the module docstring)."""
+    path, field, *rest = shlex.split(arg)
+    spec, reducer = (rest + ["", ""])[:2]
+    values = _select(_read(path), field)
+    if not values:
+        raise ValueError(f"{path}: nothing at {field!r}")
+    if not reducer:
+        if len(values) > 1:
+            raise ValueError(f"{path}: {len(values)} values at {field!r}; name a reducer (mean, min, max, range, list)")
+        return _format(values[0], spec)
+    numbers = [float(v.replace("−", "-")) if isinstance(v, str) else v for v in values]
+    reducers: Dict[str, Callable[[list], str]] = {
+        "mean": lambda v: _format(statistics.fmean(v), spec),
+        "min": lambda v: _format(min(v), spec),
+        "max": lambda v: _format(max(v), spec),
+        "absmax": lambda v: _format(max(map(abs, v)), spec),
+        "range": lambda v: f"{_format(min(v), spec)}–{_format(max(v), spec)}",
+        "list": lambda v: ", ".join(_format(x, spec) for x in v),
+    }
+    if reducer not in reducers:
+        raise KeyError(f"unknown reducer {reducer!r} (known: {', '.join(reducers)})")
+    return reducers[reducer](values if reducer == "list" else numbers)
+
+
 def block_text(name: str) -> str:
     """The text of the block ``name`` (see the module docstring)."""
     kind, _, arg = name.partition(" ")
@@ -244,12 +446,26 @@ def block_text(name: str) -> str:
         return _coco_ap(arg)
     if kind == "log_lines":
         return _log_lines(arg)
-    with_path = {"verdicts": _verdicts, "study_power": _study_power, "diagnosis": _diagnosis}
-    if kind in with_path:
-        return with_path[kind](arg)
+    with_arg = {"verdicts": _verdicts, "study_power": _study_power, "diagnosis": _diagnosis, "value": _value,
+                "paired_steps": _paired_steps, "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients}
+    if kind in with_arg:
+        return with_arg[kind](arg)
     if kind not in generators:
-        raise KeyError(f"unknown generated block {name!r} (known: table PATH, coco_ap PATH, log_lines PATH REGEX, verdicts PATH, study_power PATH, diagnosis PATH, {', '.join(generators)})")
+        raise KeyError(f"unknown generated block {name!r} (known: table PATH, coco_ap PATH, log_lines PATH REGEX, "
+                       f"value PATH FIELD [FORMAT [REDUCER]], {', '.join(k + ' ...' for k in with_arg if k != 'value')}, "
+                       f"{', '.join(generators)})")  # fmt: skip
     return generators[kind]()
+
+
+def body_text(name: str, inline: bool) -> str:
+    """The text between the comments of a block: one line inline, whole lines otherwise."""
+    text = block_text(name)
+    if inline:
+        text = text.rstrip("\n")
+        if "\n" in text:
+            raise ValueError(f"the block {name!r} writes several lines: it cannot stand inside a line")
+        return text
+    return text if text.endswith("\n") else text + "\n"
 
 
 def pages() -> List[Path]:
@@ -265,10 +481,10 @@ def main(argv=None) -> int:
         text = page.read_text()
 
         def fill(match: re.Match) -> str:
-            body = block_text(match["name"])
+            body = body_text(match["name"], inline=match["newline"] is None)
             if body != match["body"]:
                 stale.append(f"{page.relative_to(REPO)}: {match['name']}")
-            return match.group(1) + body + match.group(4)
+            return match["open"] + body + END
 
         new = BLOCK.sub(fill, text)
         if new != text and not args.check:
