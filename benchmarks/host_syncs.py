@@ -5,7 +5,10 @@ depends on the values (``nonzero``, boolean-mask indexing, ``unique``, NMS, ...)
 copy to the host (``.cpu()``, ``.tolist()``, ``.numpy()``) stops the host until the device has
 caught up. :class:`HostSyncCounter` records each such op of the code run inside it, with the
 Python line that called it, by watching every ATen op (a ``TorchDispatchMode``, which sees the
-backward pass too) and the tensor methods that copy to the host. It needs no GPU: the ops are
+backward pass too) and the tensor methods that copy to the host. Each op is also charged to the
+project's functions that were running, even where the line that made it is a library's (a
+torchvision function called from a loss of the project); an op of the backward pass, to the
+project's functions that ran the forward op it differentiates. It needs no GPU: the ops are
 the same on the CPU. The GPU run (docs/gpu.md) checks the counts against CUDA's own
 ``torch.cuda.set_sync_debug_mode``.
 
@@ -17,13 +20,15 @@ tests/test_host_syncs.py keeps the counts.
 """
 import argparse
 import collections
+import inspect
 import json
 import os
 import sys
+import threading
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -52,15 +57,25 @@ SYNC_OPS = {
 HOST_SIDE_SITES = ("detectron2/structures/image_list.py",)
 _OWN_FILE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_PROJECT_DIR = os.sep + "libra_rcnn" + os.sep
 
 
 @dataclass(frozen=True)
 class SyncEvent:
-    """One host-device synchronisation: the op, why it syncs, and the Python line that made it."""
+    """One host-device synchronisation: the op, why it syncs, the Python line that made it, and
+    the project's frames (``libra_rcnn``) that were running, innermost first, each
+    ``file:line (function)``: the Python stack's when the op ran, or, for an op of the backward
+    pass, the stack's when the forward op it differentiates ran (empty where none were)."""
 
     op: str
     reason: str
     site: str
+    callers: Tuple[str, ...] = ()
+
+    def within(self, function: str) -> bool:
+        """Whether the project's ``function`` (a name, ``"anchor_free_losses"``) made the op, itself,
+        through the code it calls (Detectron2, torchvision, ...) or through its backward."""
+        return any(frame.endswith(f" ({function})") for frame in self.callers)
 
     @property
     def on_device(self) -> bool:
@@ -100,6 +115,18 @@ def _call_site() -> str:
     return "autograd (backward pass)"
 
 
+def _project_frames() -> Tuple[str, ...]:
+    """The project's frames on the Python stack, innermost first, as ``file:line (function)``."""
+    frames = []
+    frame = inspect.currentframe()
+    while frame is not None:
+        if _PROJECT_DIR in frame.f_code.co_filename:
+            frames.append(f"{_short(frame.f_code.co_filename)}:{frame.f_lineno} ({frame.f_code.co_name})")
+        frame = frame.f_back
+    del frame
+    return tuple(frames)
+
+
 def _is_bool_index(indices) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
 
@@ -129,6 +156,10 @@ class HostSyncCounter(TorchDispatchMode):
     tensor methods that copy to the host, ``Tensor.cpu``, ``.tolist``, ``.numpy`` and
     ``.to("cpu")`` (a literal ``"cpu"``; ``.to(device)`` with a ``torch.device`` cannot be
     told apart from a device-agnostic move on a CPU run and is not counted).
+
+    The backward pass runs without the forward's Python stack: every autograd node created in the
+    project's code inside the counter (``torch.autograd.graph.node_creation_hook``) keeps the
+    project's frames of its creation, and the ops run while the node runs are charged to them.
     """
 
     _METHODS = ("cpu", "tolist", "numpy", "to")
@@ -137,12 +168,37 @@ class HostSyncCounter(TorchDispatchMode):
         super().__init__()
         self.events: List[SyncEvent] = []
         self._saved: Dict[str, Callable] = {}
+        self._node_hook = None
+        self._running = threading.local()  # per thread: the callers of the autograd nodes running
+
+    def _callers(self) -> Tuple[str, ...]:
+        running = getattr(self._running, "nodes", None)
+        return _project_frames() + (running[-1] if running else ())
+
+    def _event(self, op: str, reason: str) -> SyncEvent:
+        return SyncEvent(op, reason, _call_site(), self._callers())
+
+    def _on_node_created(self, node) -> None:
+        frames = _project_frames()
+        if not frames or "AccumulateGrad" in node.name():
+            return
+
+        def enter(grad_outputs):
+            if not hasattr(self._running, "nodes"):
+                self._running.nodes = []
+            self._running.nodes.append(frames)
+
+        def leave(grad_inputs, grad_outputs):
+            self._running.nodes.pop()
+
+        node.register_prehook(enter)
+        node.register_hook(leave)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         reason = _sync_reason(func, args, kwargs)
         if reason:
-            self.events.append(SyncEvent(func.name().replace("::", "."), reason, _call_site()))
+            self.events.append(self._event(func.name().replace("::", "."), reason))
         return func(*args, **kwargs)
 
     def _wrap(self, name: str, original: Callable) -> Callable:
@@ -151,7 +207,7 @@ class HostSyncCounter(TorchDispatchMode):
         def method(tensor, *args, **kwargs):
             to_host = name != "to" or "cpu" in [a for a in args if isinstance(a, str)] + [kwargs.get("device")]
             if to_host:
-                counter.events.append(SyncEvent(f"Tensor.{name}", "copies to the host", _call_site()))
+                counter.events.append(counter._event(f"Tensor.{name}", "copies to the host"))
             return original(tensor, *args, **kwargs)
 
         return method
@@ -160,12 +216,18 @@ class HostSyncCounter(TorchDispatchMode):
         for name in self._METHODS:
             self._saved[name] = getattr(torch.Tensor, name)
             setattr(torch.Tensor, name, self._wrap(name, self._saved[name]))
+        if hasattr(torch.autograd.graph, "node_creation_hook"):  # without it (older torch), backward ops go uncharged
+            self._node_hook = torch.autograd.graph.node_creation_hook(self._on_node_created)
+            self._node_hook.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
         self._saved.clear()
+        if self._node_hook is not None:
+            self._node_hook.__exit__(*exc)
+            self._node_hook = None
         return super().__exit__(*exc)
 
     def by_site(self) -> Dict[str, int]:
@@ -262,10 +324,17 @@ CUDA_COUNTS: Dict[str, List[str]] = {}
 
 def audit_components(device: str = "cpu", count: Callable = count_syncs) -> Dict[str, list]:
     """The project's components alone, on synthetic inputs on ``device``, forward and backward
-    where they have a backward: BalancedRoISampler, the BFP, balanced L1, FSAF's targets and
-    online level selection. ``count`` runs each and returns what it counted
+    where they have a backward: BalancedRoISampler, the BFP, balanced L1, FSAF's targets, online
+    level selection and GIoU loss. ``count`` runs each and returns what it counted
     (:func:`count_syncs`, or :func:`cuda_sync_warnings` on a GPU)."""
-    from libra_rcnn import BalancedFeaturePyramid, BalancedRoISampler, balanced_l1_loss, fsaf_targets, select_levels
+    from libra_rcnn import (
+        BalancedFeaturePyramid,
+        BalancedRoISampler,
+        balanced_l1_loss,
+        fsaf_targets,
+        giou_loss,
+        select_levels,
+    )
 
     g = torch.Generator().manual_seed(0)
     on = torch.Generator(device=device).manual_seed(0)
@@ -320,6 +389,12 @@ def audit_components(device: str = "cpu", count: Callable = count_syncs) -> Dict
         select_levels(pixel_loss, owner, level_ids, 5, 5)
 
     out["FSAF targets and online level selection"] = count(fsaf_losses)
+    # Boxes around the GT boxes, overlapping them or not; a point and a segment among them.
+    corner = boxes + (torch.rand(2, 5, 2, generator=g) - 0.5) * 160
+    side = torch.rand(2, 5, 2, generator=g) * 50
+    side[:, 0], side[:, 1, 0] = 0.0, 0.0
+    pred_boxes = torch.cat([corner, corner + side], dim=2).to(device).requires_grad_()
+    out["FSAF's GIoU loss, forward + backward"] = count(lambda: giou_loss(pred_boxes, gt_boxes).sum().backward())
     return out
 
 

@@ -1,18 +1,22 @@
-"""FSAF: ground truth per level, online feature selection, distance decoding, training, eval-only."""
+"""FSAF: ground truth per level, online feature selection, distance decoding, the box losses (GIoU
+against torchvision's), training, eval-only."""
 import math
 
 import pytest
 import torch
 
 from fvcore.nn import sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.env import seed_all_rng
 
-from libra_rcnn import FSAF, fsaf_targets, iou_loss, select_levels
+from benchmarks.host_syncs import count_syncs
+from libra_rcnn import FSAF, fsaf_targets, giou_loss, iou_loss, select_levels
 from libra_rcnn.config import build_config
 from libra_rcnn.engine import Trainer
+from libra_rcnn.modeling import fsaf as fsaf_module
 
 from conftest import REPO, SMALL_OVERRIDES, load_cfg
 from test_train_net import TINY, args_for, train_net
@@ -85,6 +89,109 @@ def test_iou_loss_hand_values():
     assert loss[2].item() == pytest.approx(-math.log(1e-6))  # disjoint: the floor
 
 
+def torchvisions_giou(pred, target):
+    return generalized_box_iou_loss(pred, target, reduction="none", eps=1e-7)
+
+
+def value_and_grads(loss_fn, pred, target, seed=1):
+    """The loss and its gradients w.r.t. both boxes, for a fixed random upstream gradient."""
+    pred, target = pred.detach().clone().requires_grad_(), target.detach().clone().requires_grad_()
+    loss = loss_fn(pred, target)
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed), dtype=loss.dtype)
+    loss.backward(upstream)
+    return loss.detach(), pred.grad, target.grad
+
+
+def random_boxes(n, dtype, generator):
+    """n XYXY boxes in a 100-pixel square, sides up to 60; one in five has a zero side, one in ten
+    is a point."""
+    corner = torch.rand(n, 2, generator=generator, dtype=dtype) * 100
+    side = torch.rand(n, 2, generator=generator, dtype=dtype) * 60
+    pick = torch.rand(n, generator=generator)
+    side[pick < 0.1] = 0.0
+    side[(pick >= 0.1) & (pick < 0.2), 0] = 0.0
+    side[(pick >= 0.2) & (pick < 0.3), 1] = 0.0
+    return torch.cat([corner, corner + side], dim=1)
+
+
+# (pred, target) pairs, XYXY pixels: degenerate, coincident and disjoint boxes.
+HAND_BUILT_PAIRS = [
+    ([0.0, 0, 0, 10], [0.0, 0, 10, 10]),  # zero width
+    ([0.0, 0, 10, 0], [0.0, 0, 10, 10]),  # zero height
+    ([2.0, 3, 12, 23], [2.0, 3, 12, 23]),  # identical (every min/max ties)
+    ([5.0, 5, 5, 5], [5.0, 5, 5, 5]),  # both of zero area, identical
+    ([0.0, 0, 0, 0], [3.0, 3, 3, 3]),  # both of zero area, apart
+    ([4.0, 0, 4, 10], [0.0, 0, 10, 10]),  # a segment inside a box
+    ([4.0, -5, 4, 8], [0.0, 0, 10, 10]),  # a segment across a box's edge
+    ([0.0, 0, 10, 10], [20.0, 20, 30, 30]),  # disjoint
+    ([0.0, 0, 10, 10], [15.0, 2, 25, 8]),  # disjoint in x, overlapping in y
+    ([0.0, 0, 10, 10], [10.0, 0, 20, 10]),  # touching along an edge
+    ([0.0, 0, 10, 10], [10.0, 2, 20, 8]),  # touching along part of an edge
+    ([0.0, 0, 10, 10], [10.0, 10, 20, 20]),  # touching at a corner
+    ([0.0, 0, 10, 10], [0.0, 0, 10, 5]),  # sharing three sides
+    ([10.0, 10, 20, 20], [0.0, 0, 100, 100]),  # inside
+    ([0.5, 0.25, 7.75, 3.5], [1.0, 0.125, 6.5, 9.0]),  # partial overlap
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_giou_loss_equals_torchvisions_in_value_and_gradient(dtype):
+    g = torch.Generator().manual_seed(0)
+    random_pred, random_target = random_boxes(2000, dtype, g), random_boxes(2000, dtype, g)
+    hand_pred, hand_target = (torch.tensor(boxes, dtype=dtype) for boxes in zip(*HAND_BUILT_PAIRS))
+    # Each hand-built pair both ways round, then the random ones: (N, 4), and (B, P, 4) as in FSAF.
+    pred = torch.cat([hand_pred, hand_target, random_pred])
+    target = torch.cat([hand_target, hand_pred, random_target])
+    for shape in ((2, -1, 4), (-1, 4)):
+        ours = value_and_grads(giou_loss, pred.view(shape), target.view(shape))
+        reference = value_and_grads(torchvisions_giou, pred.view(shape), target.view(shape))
+        for name, a, b in zip(("loss", "d/d pred", "d/d target"), ours, reference):
+            assert a.dtype == b.dtype == dtype and a.shape == b.shape, name
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    # Disjoint boxes get the penalty's gradient, not zero.
+    assert ours[1][7].abs().sum() > 0 and ours[2][7].abs().sum() > 0
+
+
+def test_giou_loss_hand_values():
+    pred = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [5, 5, 5, 5], [0, 0, 10, 10]])
+    target = torch.tensor([[0.0, 0, 10, 10], [0, 0, 20, 20], [20, 0, 30, 10], [5, 5, 5, 5], [10, 0, 20, 10]])
+    loss = giou_loss(pred, target)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-6)  # identical
+    assert loss[1].item() == pytest.approx(0.75)  # IoU 100 / 400, C = the union
+    assert loss[2].item() == pytest.approx(1 + 100 / 300)  # disjoint: IoU 0, C 300, union 200
+    assert loss[3].item() == pytest.approx(1.0)  # two empty boxes: IoU 0 (eps), no penalty
+    assert loss[4].item() == pytest.approx(1.0)  # touching: IoU 0, C = the union
+
+
+def test_giou_loss_computes_other_dtypes_in_float32_and_checks_the_shape():
+    pred = torch.tensor([[0.0, 0, 10, 10], [1, 2, 3, 4]])
+    target = torch.tensor([[2.0, 1, 12, 9], [0, 0, 5, 5]])
+    for dtype in (torch.float16, torch.bfloat16):
+        loss = giou_loss(pred.to(dtype), target.to(dtype))
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss, torchvisions_giou(pred.to(dtype), target.to(dtype)), rtol=0, atol=1e-6)
+    assert giou_loss(pred.long(), target.long()).dtype == torch.float32
+    with pytest.raises(ValueError, match=r"shape \(..., 4\), got \(2, 3\) and \(2, 4\)"):
+        giou_loss(pred[:, :3], target)
+
+
+def test_giou_loss_makes_no_sync_and_exports_with_symbolic_shapes():
+    g = torch.Generator().manual_seed(0)
+    pred, target = random_boxes(64, torch.float32, g).requires_grad_(), random_boxes(64, torch.float32, g)
+    assert count_syncs(lambda: giou_loss(pred, target).sum().backward()) == []
+
+    class Loss(torch.nn.Module):
+        def forward(self, pred, target):
+            return giou_loss(pred, target)
+
+    images, pixels = torch.export.Dim("images"), torch.export.Dim("pixels")
+    exported = torch.export.export(Loss(), (pred.detach().view(2, 32, 4), target.view(2, 32, 4)),
+                                   dynamic_shapes=({0: images, 1: pixels}, {0: images, 1: pixels}))  # fmt: skip
+    other_pred, other_target = (random_boxes(3 * 37, torch.float32, g).view(3, 37, 4) for _ in range(2))
+    torch.testing.assert_close(exported.module()(other_pred, other_target), torchvisions_giou(other_pred, other_target),
+                               rtol=0, atol=1e-6)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def fsaf_model():
     return build_model(load_cfg(FSAF_CONFIG, [*SMALL_OVERRIDES, "MODEL.LIBRA.FSAF.BOX_LOSS_TYPE", "iou"]))
@@ -142,6 +249,34 @@ def test_only_the_selected_level_trains_the_instance(fsaf_model):
             expected_cls = focal[~ignored[0]].sum() - focal[elsewhere, 3].sum()
             assert losses["loss_af_cls"].item() == pytest.approx((expected_cls / on_level.sum()).item(), rel=1e-5)
     fsaf_model.selection = "online"
+
+
+def test_the_giou_box_loss_equals_torchvisions_in_the_model(fsaf_model, monkeypatch):
+    """``BOX_LOSS_TYPE: "giou"``: the anchor-free losses and their gradients w.r.t. the predicted
+    distances are those that torchvision's generalized_box_iou_loss gives."""
+    fsaf_model.train()
+    monkeypatch.setattr(fsaf_model, "box_loss_type", "giou")
+    gt = [Instances((128, 128), gt_boxes=Boxes(torch.tensor([[30.0, 30.0, 90.0, 80.0], [4.0, 60.0, 40.0, 124.0]])),
+                    gt_classes=torch.tensor([3, 7]))]  # fmt: skip
+    with torch.no_grad():
+        features = fsaf_model.backbone(torch.rand(1, 3, 128, 128) * 255)
+        features = [features[f] for f in fsaf_model.head_in_features]
+        _, _, af_logits, af_distances = fsaf_model.head(features)
+
+    def losses_and_grads():
+        distances = [d.clone().requires_grad_() for d in af_distances]
+        losses = fsaf_model.anchor_free_losses(features, af_logits, distances, gt)
+        losses["loss_af_box"].backward()
+        return losses, [d.grad for d in distances]
+
+    ours, our_grads = losses_and_grads()
+    monkeypatch.setattr(fsaf_module, "giou_loss", torchvisions_giou)
+    reference, reference_grads = losses_and_grads()
+    assert ours["loss_af_box"] > 0
+    for key in ours:
+        torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=1e-6)
+    for a, b in zip(our_grads, reference_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module", params=[FSAF_CONFIG, AB_FSAF_CONFIG])

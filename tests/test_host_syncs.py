@@ -1,8 +1,9 @@
 """Host-device synchronisations of a training step, counted on the CPU (benchmarks/host_syncs.py).
 
 The counts that matter on a GPU: none in the project's components (BalancedRoISampler, the BFP,
-balanced L1, FSAF's targets and level selection), no more in a Libra model than in its baseline,
-and exactly the project's own syncs listed here, so that a change adding one fails.
+balanced L1, FSAF's targets, level selection and GIoU loss), no more in a Libra model than in its
+baseline, exactly the project's own syncs listed here, so that a change adding one fails, and none
+made by FSAF's anchor-free losses, counting those of the libraries they call and of their backward.
 """
 import pytest
 import torch
@@ -17,6 +18,7 @@ from benchmarks.host_syncs import (
     step_events,
     training_batch,
 )
+from libra_rcnn.modeling import fsaf
 
 from conftest import load_cfg
 
@@ -73,6 +75,7 @@ def test_the_counter_sees_each_kind_of_sync_and_nothing_else():
     with HostSyncCounter() as counter:
         x.sum().item()
     assert counter.events[0].site.startswith("tests/test_host_syncs.py:") and counter.events[0].owner == "tests"
+    assert counter.events[0].callers == ()  # no frame of the project's package
 
 
 def test_the_projects_components_make_no_sync():
@@ -96,15 +99,37 @@ def test_each_libra_model_syncs_no_more_than_its_baseline(counts, baseline, libr
     assert len(counts[libra]) <= len(counts[baseline]), (len(counts[libra]), len(counts[baseline]))
 
 
-def test_fsafs_anchor_free_branch_adds_no_sync_with_the_papers_iou_loss(counts, batch):
-    """AB+FSAF = RetinaNet's syncs and none more; with GIoU (the FashionScenes configs),
-    torchvision's generalized_box_iou_loss adds its masked assignment's."""
+def test_fsafs_anchor_free_branch_adds_no_sync(counts, batch):
+    """AB+FSAF = RetinaNet's syncs and none more, with GIoU (the FashionScenes configs) and with
+    the paper's IoU loss; FSAF alone makes none on the device."""
     retinanet = sorted(f"{e.op} at {e.site}" for e in counts["retinanet_R_18_FPN_GN"])
+    assert sorted(f"{e.op} at {e.site}" for e in counts["ab_fsaf_R_18_FPN_GN"]) == retinanet
     iou = load_cfg("configs/FashionScenes/ab_fsaf_R_18_FPN_GN.yaml", ["MODEL.DEVICE", "cpu",
                                                                       "MODEL.LIBRA.FSAF.BOX_LOSS_TYPE", "iou"])  # fmt: skip
     assert sorted(f"{e.op} at {e.site}" for e in step_events(iou, batch)) == retinanet
-    giou = [e for e in counts["ab_fsaf_R_18_FPN_GN"] if f"{e.op} at {e.site}" not in retinanet]
-    assert giou and {e.owner for e in giou} <= {"torchvision", "autograd (backward pass)"}
+    assert [f"{e.op} at {e.site}" for e in counts["fsaf_R_18_FPN_GN"] if e.on_device] == []
+
+
+@pytest.mark.parametrize("name", ["fsaf_R_18_FPN_GN", "ab_fsaf_R_18_FPN_GN"])
+def test_fsafs_anchor_free_losses_make_no_sync_nor_do_the_libraries_they_call(counts, name):
+    assert load_cfg(f"configs/FashionScenes/{name}.yaml").MODEL.LIBRA.FSAF.BOX_LOSS_TYPE == "giou"
+    charged = [f"{e.op} at {e.site} for {e.callers}" for e in counts[name] if e.within("anchor_free_losses")]
+    assert charged == []
+
+
+@pytest.mark.skipif(not hasattr(torch.autograd.graph, "node_creation_hook"),
+                    reason="charging the backward pass needs torch.autograd.graph.node_creation_hook")
+def test_a_librarys_syncs_are_charged_to_the_loss_that_calls_it_forward_and_backward(batch, monkeypatch):
+    """With torchvision's generalized_box_iou_loss in FSAF's anchor-free losses, its boolean masks
+    (forward) and their backward are made at torchvision's lines or by autograd, none at ours: each
+    is charged to anchor_free_losses all the same."""
+    monkeypatch.setattr(fsaf, "giou_loss", lambda pred, target: torchvision.ops.generalized_box_iou_loss(pred, target))
+    events = step_events(load_cfg("configs/FashionScenes/fsaf_R_18_FPN_GN.yaml", ["MODEL.DEVICE", "cpu"]), batch)
+    charged = [e for e in events if e.within("anchor_free_losses")]
+    forward = [e for e in charged if e.owner == "torchvision"]
+    backward = [e for e in charged if e.site == "autograd (backward pass)"]
+    assert forward and backward and len(forward) + len(backward) == len(charged), [f"{e.op} at {e.site}" for e in charged]
+    assert not any(e.owner == "libra_rcnn" for e in charged)  # the owner alone misses them
 
 
 @pytest.mark.parametrize("name", list(OURS))

@@ -54,8 +54,9 @@ def add_libra_config(cfg: CN) -> None:
         - ``NORM_SCALE``: S (4.0); distances are predicted in units of S x the level's stride.
         - ``SELECTION``: ``"online"`` (the level of minimum loss) or ``"heuristic"`` (FPN's
           level rule, canonical size 224 at P4 as in Detectron2's RoI pooler).
-        - ``BOX_LOSS_TYPE``: ``"iou"`` (-ln IoU, the paper's) or ``"giou"`` (torchvision's
-          ``generalized_box_iou_loss``, bounded gradients; the FashionScenes configs use it).
+        - ``BOX_LOSS_TYPE``: ``"iou"`` (-ln IoU, the paper's) or ``"giou"`` (``giou_loss``,
+          torchvision's ``generalized_box_iou_loss`` without host-device syncs, bounded
+          gradients; the FashionScenes configs use it).
         - ``CLS_LOSS_WEIGHT`` (1.0), ``BOX_LOSS_WEIGHT`` (1.0): weights of the anchor-free losses.
     - ``MODEL.LIBRA.RPN``: the RPN of ``MODEL.PROPOSAL_GENERATOR.NAME: "LibraRPN"``.
         - ``NEG_POS_UB``: at most this many negative anchors per positive, with the RPN's

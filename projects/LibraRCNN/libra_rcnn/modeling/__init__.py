@@ -12,7 +12,7 @@ from .balanced_l1 import BalancedL1Options, balanced_l1_loss
 from .bfp import BalancedFeaturePyramid, NonLocalBlock2d, build_bfp_backbone
 from .box_predictor import LibraFastRCNNOutputLayers
 from .fpn import LastLevelP6P7NoReLU, build_retinanet_resnet_fpn_p7_no_relu_backbone
-from .fsaf import FSAF, FSAFHead, fsaf_targets, iou_loss, select_levels
+from .fsaf import FSAF, FSAFHead, fsaf_targets, giou_loss, iou_loss, select_levels
 from .retinanet import LibraRetinaNet
 from .roi_heads import LibraROIHeads
 from .rpn import LibraRPN
@@ -41,6 +41,7 @@ __all__ = [
     "fsaf_targets",
     "select_levels",
     "iou_loss",
+    "giou_loss",
     "BalancedRoISampler",
     "sample_within_groups",
     "instance_balanced_positives",

@@ -15,7 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss_jit
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import generalized_box_iou_loss
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
@@ -31,7 +30,8 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from ..config import check_choice, check_range, config_keys
 from .retinanet import LibraRetinaNet
 
-__all__ = ["FSAF", "FSAFHead", "fsaf_targets", "select_levels", "iou_loss", "FSAF_SELECTIONS", "FSAF_BOX_LOSS_TYPES"]
+__all__ = ["FSAF", "FSAFHead", "fsaf_targets", "select_levels", "iou_loss", "giou_loss", "FSAF_SELECTIONS",
+           "FSAF_BOX_LOSS_TYPES"]
 
 FSAF_SELECTIONS = ("online", "heuristic")
 # FSAF's constructor arguments set by MODEL.LIBRA.FSAF.<NAME IN CAPITALS>.
@@ -152,6 +152,52 @@ def iou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, eps: float = 
     return -torch.log(iou.clamp(min=eps)).view(shape)
 
 
+def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """GIoU loss 1 - GIoU of matched box pairs, element-wise, without host-device syncs.
+
+    Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019, Algorithm 2 (the
+    loss of two axis-aligned boxes; GIoU itself is Algorithm 1): with C the smallest box that
+    encloses boxes A and B, GIoU = IoU - |C minus (A u B)| / |C| and the loss 1 - GIoU, in [0, 2].
+    The value and gradient are those of torchvision's ``generalized_box_iou_loss`` with
+    ``reduction="none"`` (``eps`` added to both denominators), degenerate and disjoint boxes
+    included: the intersection counts only where both of its sides are positive (Algorithm 2,
+    step 4), chosen by ``torch.where`` instead of a boolean-mask assignment. Only element-wise
+    ops, min/max and ``where``: no value is read on the host and no shape depends on the
+    values, so a GPU never waits and tracing or export keeps the batch dimensions symbolic.
+    Like torchvision's (and unlike step 1 of Algorithm 2), it does not reorder corners.
+
+    Args:
+        pred_boxes, target_boxes: (..., 4) tensors of broadcastable shapes, XYXY_ABS pixels
+            (x0, y0, x1, y1). float32 and float64 are kept; other dtypes (float16, bfloat16,
+            integers) are computed in float32. Boxes of zero width or height are allowed.
+        eps: added to the union and to the enclosing box's area (pixels squared), so that two
+            empty boxes give IoU 0 and loss 1 instead of 0 / 0.
+
+    Returns:
+        (...) float32 or float64 tensor of the broadcast shape: the loss of every pair.
+
+    Raises:
+        ValueError: when the last dimension of either input is not 4.
+    """
+    if pred_boxes.shape[-1] != 4 or target_boxes.shape[-1] != 4:
+        raise ValueError(
+            f"giou_loss takes boxes of shape (..., 4), got {tuple(pred_boxes.shape)} and {tuple(target_boxes.shape)}"
+        )
+    pred, target = (b if b.dtype in (torch.float32, torch.float64) else b.float() for b in (pred_boxes, target_boxes))
+    px0, py0, px1, py1 = pred.unbind(-1)
+    tx0, ty0, tx1, ty1 = target.unbind(-1)
+    # The intersection's sides; no overlap (a side <= 0) is zero area and zero gradient.
+    inter_w = torch.minimum(px1, tx1) - torch.maximum(px0, tx0)
+    inter_h = torch.minimum(py1, ty1) - torch.maximum(py0, ty0)
+    overlap = (inter_w > 0) & (inter_h > 0)
+    inter = torch.where(overlap, inter_w * inter_h, torch.zeros_like(inter_w))
+    union = (px1 - px0) * (py1 - py0) + (tx1 - tx0) * (ty1 - ty0) - inter
+    # The smallest box enclosing both, C.
+    enclosing_w = torch.maximum(px1, tx1) - torch.minimum(px0, tx0)
+    enclosing = enclosing_w * (torch.maximum(py1, ty1) - torch.minimum(py0, ty0))
+    return 1 - (inter / (union + eps) - (enclosing - union) / (enclosing + eps))
+
+
 class FSAFHead(RetinaNetHead):
     """RetinaNet's head plus FSAF's anchor-free convs on the same towers (FSAF §3.1).
 
@@ -207,8 +253,9 @@ class FSAF(LibraRetinaNet):
     - ``loss_af_cls``: fvcore's sigmoid focal loss (``MODEL.RETINANET.FOCAL_LOSS_*``) summed
       over non-ignored pixels and classes, divided by the number of positive pixels of the
       selected levels;
-    - ``loss_af_box``: IoU loss (:func:`iou_loss`, -ln IoU; ``BOX_LOSS_TYPE: "iou"``) or
-      torchvision's GIoU loss (``"giou"``, ``generalized_box_iou_loss``) averaged over those positive pixels.
+    - ``loss_af_box``: IoU loss (:func:`iou_loss`, -ln IoU; ``BOX_LOSS_TYPE: "iou"``) or GIoU
+      loss (:func:`giou_loss`, torchvision's ``generalized_box_iou_loss`` without its host-device
+      syncs; ``"giou"``) averaged over those positive pixels.
 
     Each instance counts as positive only on its selected level (:func:`select_levels`, or
     FPN's level rule with ``SELECTION: "heuristic"``). On its other levels its effective
@@ -316,7 +363,7 @@ class FSAF(LibraRetinaNet):
         if self.box_loss_type == "iou":
             box_loss = iou_loss(pred_boxes, target_boxes)  # (B, P); used where positive
         else:
-            box_loss = generalized_box_iou_loss(pred_boxes, target_boxes, reduction="none")
+            box_loss = giou_loss(pred_boxes, target_boxes)
 
         if self.selection == "online":
             pixel_loss = (focal.sum(-1) + box_loss).detach()
