@@ -16,7 +16,8 @@ The sub-packages, imported one way (tools -> engine -> modeling -> config):
 
 - :mod:`.config`: the ``MODEL.LIBRA`` keys, argument checks, loading configs for the commands;
 - :mod:`.modeling`: the detector's components;
-- :mod:`.data`: the FashionScenes dataset and the checks of training records;
+- :mod:`.data`: the FashionScenes dataset, the checks of training records and the training
+  loader that resumes exactly;
 - :mod:`.engine`: the trainer, checkpoints, cluster launchers and ``train_net.py``'s command line;
 - :mod:`.tools`: predict, draw and export with a trained model;
 - :mod:`.converters`: mmdetection checkpoints to Detectron2;

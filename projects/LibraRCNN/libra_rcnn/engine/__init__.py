@@ -1,5 +1,6 @@
 """Training infrastructure on Detectron2's engine: the trainer, its hooks and checks, atomic
-checkpoints, whole-model gradient clipping, cluster launchers, the command line of
+checkpoints, the training position restored exactly on resume (:mod:`.position`), whole-model
+gradient clipping, cluster launchers, the command line of
 ``train_net.py`` (:mod:`.cli`) and of ``lazy_train_net.py`` (:mod:`.lazy`)."""
 from .checkpoint import AtomicCheckpointer
 from .checks import check_class_names, check_inputs, check_model_builds, check_world_size, world_size

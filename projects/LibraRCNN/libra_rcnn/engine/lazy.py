@@ -12,18 +12,12 @@ one line before any work starts, ``train.device = "cuda"`` falls back to the CPU
 no GPU (and AMP is then off), checkpoints are written atomically, a resumed run's ``metrics.json`` holds each
 iteration once, and ``--num-gpus N`` also runs N processes on a CPU-only machine.
 """
+import copy
 import logging
 import os
 
 from detectron2.config import instantiate
-from detectron2.engine import (
-    AMPTrainer,
-    SimpleTrainer,
-    create_ddp_model,
-    default_setup,
-    default_writers,
-    hooks,
-)
+from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_setup, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -33,7 +27,9 @@ from .checkpoint import AtomicCheckpointer
 from .checks import check_model_builds, check_world_size
 from .cli import argument_parser, launch_checked, resume_under_launcher
 from .hooks import LossCurves, truncate_metrics
-from .launcher import requeue_hook
+from ..data.exact_order import build_exact_train_loader
+from .launcher import check_cpus, requeue_hook
+from .position import TrainingPosition, resumable_writers
 from .trainer import ddp_kwargs
 
 __all__ = ["check_config", "do_test", "do_train", "main", "cli"]
@@ -74,6 +70,25 @@ def do_test(cfg, model):
     return results
 
 
+def _train_loader(spec):
+    """``dataloader.train`` instantiated; Detectron2's ``build_detection_train_loader`` with its
+    default sampler and collation becomes :func:`build_exact_train_loader` (same arguments), whose
+    position a resume restores."""
+    target = spec.get("_target_")
+    name = target if isinstance(target, str) else f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
+    exact_keys = {"_target_", "dataset", "mapper", "total_batch_size", "aspect_ratio_grouping", "num_workers"}
+    if name.endswith("build_detection_train_loader") and set(spec.keys()) - {"sampler", "collate_fn"} <= exact_keys \
+            and spec.get("sampler") is None and spec.get("collate_fn") is None:  # fmt: skip
+        spec = copy.deepcopy(spec)
+        spec._target_ = build_exact_train_loader
+        spec.pop("sampler", None)
+        spec.pop("collate_fn", None)
+    else:
+        logger.warning("dataloader.train is %s with its own sampler or arguments: a resume does not restore its "
+                       "position", name)  # fmt: skip
+    return instantiate(spec)
+
+
 def do_train(args, cfg):
     """Train ``cfg.model`` for ``train.max_iter`` iterations, with Detectron2's trainer and hooks."""
     model = instantiate(cfg.model)
@@ -81,19 +96,21 @@ def do_train(args, cfg):
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = _train_loader(cfg.dataloader.train)
     model = _ddp(model, cfg)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main_process = comm.is_main_process()
     trainer.register_hooks(
         [
+            TrainingPosition(),
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main_process else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             requeue_hook(checkpointer),  # SLURM: checkpoint and requeue on the warning signal
-            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            hooks.PeriodicWriter(resumable_writers(cfg.train.output_dir, cfg.train.max_iter, trainer),
+                                 period=cfg.train.log_period)
             if main_process
             else None,
             LossCurves(cfg.train.output_dir) if main_process else None,
@@ -115,6 +132,7 @@ def main(args):
     cfg = load_lazy_config(args)
     default_setup(cfg, args)
     setup_logger(output=cfg.train.output_dir, distributed_rank=comm.get_rank(), name="libra_rcnn")
+    check_cpus(cfg.dataloader.train.get("num_workers", 0), "dataloader.train.num_workers")
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)

@@ -8,16 +8,18 @@ import weakref
 import torch
 import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from ..config import num_classes_key
 from ..data.checks import load_train_records
+from ..data.exact_order import build_exact_train_loader
 from . import launcher
 from .checkpoint import AtomicCheckpointer
 from .hooks import InferenceTimer, LossCurves, PeakMemoryHook, truncate_metrics
+from .position import TrainingPosition, resumable_writers
 from .solver import build_optimizer
 
 __all__ = ["Trainer", "ddp_kwargs"]
@@ -59,7 +61,11 @@ class Trainer(DefaultTrainer):
     - atomic checkpoints (:class:`AtomicCheckpointer`);
     - whole-model gradient clipping, ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"``
       (:mod:`libra_rcnn.engine.solver`);
-    - ``metrics.json`` cut back to the resumed iteration on ``--resume`` (:func:`truncate_metrics`);
+    - ``metrics.json`` cut back to the resumed iteration on ``--resume`` (:func:`truncate_metrics`),
+      and TensorBoard's events too (:func:`~libra_rcnn.engine.position.resumable_writers`);
+    - exact resume: the training batches of an
+      :class:`~libra_rcnn.data.exact_order.ExactOrderLoader`, and the random generators seeded
+      per iteration, restored from the checkpoint (:class:`~libra_rcnn.engine.position.TrainingPosition`);
     - the iteration named in every ``FloatingPointError`` (a NaN/Inf loss or prediction);
     - ``DistributedDataParallel`` on the CPU (:func:`ddp_kwargs`).
 
@@ -99,11 +105,27 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, dataset=load_train_records(cfg, *num_classes_key(cfg)))
+        """The checked training records (:func:`load_train_records`) in an
+        :class:`~libra_rcnn.data.exact_order.ExactOrderLoader`, Detectron2's ``DatasetMapper``,
+        ``SOLVER.IMS_PER_BATCH``, ``DATALOADER.ASPECT_RATIO_GROUPING`` and ``NUM_WORKERS``: the
+        order of Detectron2's ``TrainingSampler``, restored exactly on resume. Another
+        ``DATALOADER.SAMPLER_TRAIN`` gets Detectron2's loader, whose position is not restored."""
+        records = load_train_records(cfg, *num_classes_key(cfg))
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning("DATALOADER.SAMPLER_TRAIN %s: Detectron2's loader, whose position a resume does not "
+                           "restore (TrainingSampler's is)", cfg.DATALOADER.SAMPLER_TRAIN)  # fmt: skip
+            return build_detection_train_loader(cfg, dataset=records)
+        return build_exact_train_loader(records, mapper=DatasetMapper(cfg, True), total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+                                        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+                                        num_workers=cfg.DATALOADER.NUM_WORKERS)  # fmt: skip
+
+    def build_writers(self):
+        """Detectron2's writers, TensorBoard's cut back to the first iteration of a resumed run."""
+        return resumable_writers(self.cfg.OUTPUT_DIR, self.max_iter, weakref.proxy(self))
 
     def build_hooks(self):
         self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        hooks = super().build_hooks()
+        hooks = [TrainingPosition(), *super().build_hooks()]
         if comm.is_main_process():  # before the PeriodicWriter, which Detectron2 puts last
             hooks.insert(len(hooks) - 1, PeakMemoryHook())
             hooks.append(LossCurves(self.cfg.OUTPUT_DIR))  # after it: it writes the last scalars
