@@ -145,3 +145,30 @@ def one_per_architecture(config_files) -> list:
     for path in config_files:
         seen.setdefault(architecture(load_cfg(path)), path)
     return list(seen.values())
+
+
+# Two processes, 60 iterations, a checkpoint every 10: the launcher tests' training (torchrun, SLURM).
+TWO_PROCESS_TRAINING = ["--config-file", CONFIG, *TINY_CLI, "SOLVER.MAX_ITER", "60", "SOLVER.CHECKPOINT_PERIOD",
+                        "10", "SEED", "7", "DATASETS.TEST", "()"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def never_stopped(tiny_scenes, tmp_path_factory):
+    """The final weights of :data:`TWO_PROCESS_TRAINING` with Detectron2's launch (2 processes,
+    gloo, one thread each, as the launcher tests run them), never stopped: what a run stopped and
+    resumed under torchrun or SLURM must equal, bit for bit."""
+    out = tmp_path_factory.mktemp("never_stopped") / "out"
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(REPO / "train_net.py"), "--num-gpus", "2", *TWO_PROCESS_TRAINING,
+                           "OUTPUT_DIR", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(expected: dict, out: Path) -> int:
+    """``out/model_final.pth``'s model tensors equal ``expected``'s (``torch.equal``); returns their number."""
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    assert final.keys() == expected.keys()
+    differ = [k for k in expected if not torch.equal(expected[k], final[k])]
+    assert not differ, f"{len(differ)} of {len(final)} tensors differ from the run never stopped, e.g. {differ[:3]}"
+    return len(final)

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from cluster import LOOPBACK, checkpoints, children, free_port, last_checkpoint, starts, stop_group, wait_for
-from conftest import CONFIG, REPO, TINY_CLI
+from conftest import CONFIG, REPO, TINY_CLI, TWO_PROCESS_TRAINING, assert_same_weights
 from test_lazy_config import RCNN_1X, small_overrides
-from libra_rcnn.engine.launcher import LaunchError, detect, wait_for_master
+from libra_rcnn.engine.launcher import LaunchError, check_cpus, detect, wait_for_master
 
 TORCHRUN_ENV = {
     "TORCHELASTIC_RUN_ID": "job1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
@@ -45,6 +45,15 @@ def test_detect_reads_each_launcher():
 def test_detect_names_the_bad_variable(env, message):
     with pytest.raises(LaunchError, match=message):
         detect({k: v for k, v in env.items() if v is not None})
+
+
+def test_more_processes_than_slurm_cpus_is_named_with_both_numbers():
+    job = {"SLURM_JOB_ID": "5", "SLURM_CPUS_PER_TASK": "3"}
+    message = check_cpus(4, "DATALOADER.NUM_WORKERS", job)
+    assert message.startswith("DATALOADER.NUM_WORKERS = 4: each task runs 5 processes on SLURM_CPUS_PER_TASK = 3 CPUs")
+    assert "--cpus-per-task 5, or set DATALOADER.NUM_WORKERS 2" in message
+    assert check_cpus(2, "DATALOADER.NUM_WORKERS", job) is None
+    assert check_cpus(8, "DATALOADER.NUM_WORKERS", {"SLURM_CPUS_PER_TASK": "3"}) is None  # not in a job
 
 
 def test_wait_for_master_gives_up_in_time():
@@ -104,9 +113,7 @@ def _agents(port, out, tiny_scenes, max_restarts=1):
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{LOOPBACK}:{port}", "--rdzv-id", "libra-test",
         "--local-addr", LOOPBACK, "--max-restarts", str(max_restarts), "--monitor-interval", "0.5",
-        str(REPO / "train_net.py"), "--config-file", CONFIG, *TINY_CLI,
-        "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.CHECKPOINT_PERIOD", str(PERIOD), "DATASETS.TEST", "()",
-        "OUTPUT_DIR", str(out),
+        str(REPO / "train_net.py"), *TWO_PROCESS_TRAINING, "OUTPUT_DIR", str(out),
     ]  # fmt: skip
     env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
                GLOO_SOCKET_IFNAME="lo")  # fmt: skip
@@ -124,10 +131,11 @@ def _worker(agent) -> int:
     return found[0]
 
 
-def test_torchrun_two_agents_survive_a_killed_worker_and_a_restarted_job(tmp_path, tiny_scenes):
+def test_torchrun_two_agents_survive_a_killed_worker_and_a_restarted_job(tmp_path, tiny_scenes, never_stopped):
     """Two agents train to the final checkpoint; a worker SIGKILLed after the first checkpoint is
     restarted by torchrun and resumes from it; the whole job killed later and started again by
-    hand with the same command resumes from the last checkpoint too. No --resume anywhere."""
+    hand with the same command resumes from the last checkpoint too. No --resume anywhere. The
+    final weights equal those of the same training never stopped, bit for bit."""
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()
@@ -164,8 +172,9 @@ def test_torchrun_two_agents_survive_a_killed_worker_and_a_restarted_job(tmp_pat
     assert log.count("torchrun (job libra-test, restart 0): resuming from") >= 1
     assert (out / "model_final.pth").is_file() and last_checkpoint(out) == "model_final.pth"
     assert checkpoints(out) == list(range(PERIOD - 1, MAX_ITER, PERIOD))
+    tensors = assert_same_weights(never_stopped, out)
     print(f"starts {starts(log)}, checkpoints {checkpoints(out)}, worker killed after {killed_after}, "
-          f"job killed after {job_killed_after}")
+          f"job killed after {job_killed_after}; model_final.pth equal to the run never stopped ({tensors} tensors)")
 
 
 def test_lazy_train_net_under_torchrun(tmp_path, tiny_scenes):
@@ -190,6 +199,8 @@ def test_lazy_train_net_under_torchrun(tmp_path, tiny_scenes):
     log = (out / "log.txt").read_text()
     assert starts(log) == [0, 4], log[-3000:]
     assert re.search(r"torchrun \(job \S+, restart 0\): resuming from model_final.pth", log)
+    # Detectron2's build_detection_train_loader of the config became the exact-order loader.
+    assert "Resuming the data at batch 4 of seed" in log
     assert (out / "log.txt.rank1").is_file()  # two processes
 
 

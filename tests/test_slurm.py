@@ -1,6 +1,7 @@
 """SLURM for real: a one-node cluster (munged, slurmctld, slurmd from Debian's slurm-wlm and munge,
 scripts/setup_slurm.sh installs them) started in a temporary folder on loopback, a 2-task job of
-scripts/slurm_train.sbatch, warned mid-run as at its time limit, requeued and resumed."""
+scripts/slurm_train.sbatch, warned mid-run as at its time limit (SIGUSR1) or preempted (SIGTERM),
+requeued and resumed, ending bit-identical to the same training never stopped."""
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cluster import LOOPBACK, checkpoints, free_port, last_checkpoint, starts, stop_group, wait_for
-from conftest import CONFIG, REPO, TINY_CLI
+from conftest import REPO, TWO_PROCESS_TRAINING, assert_same_weights
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 
@@ -55,7 +56,10 @@ JobCompLoc={folder}/jobcomp.txt
 MpiDefault=none
 ReturnToService=2
 NodeName={host} NodeAddr={LOOPBACK} CPUs={os.cpu_count()} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=60
+PartitionName=high Nodes={host} MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 
@@ -92,7 +96,9 @@ def slurm(tmp_path_factory):
         wait_for(idle, 60, "the node to be idle", alive=daemons)
         yield env
     finally:
-        subprocess.run(["scancel", "--full", "--quiet", "--partition", "debug"], env=env, capture_output=True, timeout=30)
+        for partition in ("debug", "high"):
+            subprocess.run(["scancel", "--full", "--quiet", "--partition", partition], env=env, capture_output=True,
+                           timeout=30)  # fmt: skip
         for daemon in reversed(daemons):
             stop_group(daemon)
 
@@ -102,7 +108,13 @@ def _job(env, job: str) -> dict:
     return dict(re.findall(r"(\w+)=(\S+)", out.stdout))
 
 
-def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_path, tiny_scenes):
+@pytest.mark.parametrize("stop", ["USR1", "TERM", "preempted"])
+def test_sbatch_two_tasks_checkpoint_requeue_and_resume_exactly(stop, slurm, tmp_path, tiny_scenes, never_stopped):
+    """USR1: the time-limit warning (``sbatch --signal``), sent with ``scancel --signal``. TERM:
+    what SLURM sends at a preemption, sent the same way (SLURM requeues nothing itself).
+    preempted: a job of the higher-priority partition ``high`` takes the node; SLURM sends TERM
+    and gives the job the partition's GraceTime (60 s) before it kills it."""
+    signal_name = "USR1" if stop == "USR1" else "TERM"
     out = tmp_path / "out"
     log = tmp_path / "job.log"
     env = dict(slurm, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
@@ -110,8 +122,7 @@ def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_pa
                GLOO_SOCKET_IFNAME="lo")  # fmt: skip
     submit = subprocess.run(
         ["sbatch", "--parsable", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={log}",
-         str(REPO / "scripts/slurm_train.sbatch"), "--config-file", CONFIG, *TINY_CLI,
-         "SOLVER.MAX_ITER", "80", "SOLVER.CHECKPOINT_PERIOD", "10", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)],
+         str(REPO / "scripts/slurm_train.sbatch"), *TWO_PROCESS_TRAINING, "OUTPUT_DIR", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert submit.returncode == 0, submit.stderr
@@ -119,10 +130,16 @@ def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_pa
     ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
     wait_for(lambda: checkpoints(out) or _job(slurm, job).get("JobState") in ended, 300, "the first checkpoint")
     assert checkpoints(out), (_job(slurm, job), log.read_text()[-3000:] if log.exists() else "")
-    # The time-limit warning, now: sbatch --signal sends it to every task of the job's steps.
-    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True, timeout=30)
+    if stop == "preempted":  # both CPUs, at a higher priority tier
+        preemptor = subprocess.run(["sbatch", "--parsable", "-p", "high", "-n", str(os.cpu_count()),
+                                    f"--output={tmp_path / 'preemptor.log'}", "--wrap", "sleep 2"],
+                                   env=slurm, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert preemptor.returncode == 0, preemptor.stderr
+    else:  # the signal, now, to every task of the job's steps
+        subprocess.run(["scancel", f"--signal={signal_name}", job], env=slurm, check=True, timeout=30)
     wait_for(lambda: _job(slurm, job).get("Restarts") == "1", 120, "the job to requeue itself")
-    warned_at = int(re.search(r"SIGUSR1 at iteration (\d+)", log.read_text()).group(1))
+    stop = re.search(rf"SIG{signal_name} at iteration (\d+): wrote \S+ in ([\d.]+) s", log.read_text())
+    warned_at, seconds = int(stop.group(1)), float(stop.group(2))
     assert last_checkpoint(out) == f"model_{warned_at:07d}.pth"
     # Slurm holds a requeued job back for about 2 minutes (BeginTime, set once the requeue is
     # done: the job passes through REQUEUED and CANCELLED first); start it sooner, but not within
@@ -155,5 +172,7 @@ def test_sbatch_two_tasks_requeue_on_the_warning_signal_and_resume(slurm, tmp_pa
     assert f"slurm (job {job}, restart 1): resuming from model_{warned_at:07d}.pth" in text
     assert starts((out / "log.txt").read_text()) == [0, warned_at + 1]
     assert last_checkpoint(out) == "model_final.pth"
-    print(f"job {job}: warned at iteration {warned_at}, resumed at {warned_at + 1}; {info['JobState']}, "
-          f"Restarts={info['Restarts']}; checkpoints {checkpoints(out)}")  # fmt: skip
+    tensors = assert_same_weights(never_stopped, out)
+    print(f"job {job} ({stop}): SIG{signal_name} at iteration {warned_at}, checkpoint written in {seconds} s, resumed at "
+          f"{warned_at + 1}; {info['JobState']}, Restarts={info['Restarts']}; checkpoints {checkpoints(out)}; "
+          f"model_final.pth equal to the run never stopped ({tensors} tensors)")  # fmt: skip

@@ -36,6 +36,7 @@ def setup(args) -> CfgNode:
     cfg = build_config(args)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="libra_rcnn")
+    launcher.check_cpus(cfg.DATALOADER.NUM_WORKERS, "DATALOADER.NUM_WORKERS")
     if cfg.MODEL.DEVICE == "cpu":
         logger.info("Running on the CPU (MODEL.DEVICE = cpu; CUDA available: %s)", torch.cuda.is_available())
     return cfg

@@ -9,7 +9,7 @@ CUDA device of the local rank. ``train_net.py`` and ``lazy_train_net.py`` do thi
 (:func:`libra_rcnn.engine.launch_checked`), and such a process resumes from the last complete
 checkpoint of its ``OUTPUT_DIR`` (an elastic restart, a requeued or resubmitted job) without
 ``--resume``. Under SLURM, :class:`RequeueOnSignal` turns the job's warning signal (``sbatch
---signal``) into a checkpoint and a requeue. docs/distributed.md.
+--signal``) and its preemption (``SIGTERM``) into a checkpoint and a requeue. docs/distributed.md.
 """
 import datetime
 import functools
@@ -37,6 +37,7 @@ __all__ = [
     "init_process_group",
     "RequeueOnSignal",
     "requeue_hook",
+    "check_cpus",
 ]
 
 logger = logging.getLogger("libra_rcnn")
@@ -255,48 +256,92 @@ def init_process_group(
 
 
 class RequeueOnSignal(HookBase):
-    """On SLURM's warning signal, a checkpoint of the iteration just finished, then a requeue.
+    """On SLURM's warning signal or its preemption, a checkpoint of the iteration just finished,
+    then a requeue.
 
-    ``sbatch --signal=USR1@SECONDS`` sends ``SIGUSR1`` to every task some time before the job's
-    limit (scripts/slurm_train.sbatch asks for it). The handler only notes it; after each
-    iteration the processes agree whether any of them got it (Detectron2's ``comm.all_gather``,
-    over gloo: no CUDA synchronisation), and if so every process stops after the same
-    iteration: the checkpointer writes ``model_{iter:07d}.pth`` (atomically, then
-    ``last_checkpoint``), and rank 0 runs ``scontrol requeue JOB``. The requeued job starts
-    ``train_net.py`` again and resumes from that checkpoint (:func:`libra_rcnn.engine.resume_under_launcher`).
+    - ``SIGUSR1``: ``sbatch --signal=USR1@SECONDS`` sends it to every task some time before the
+      job's time limit (scripts/slurm_train.sbatch asks for it).
+    - ``SIGTERM``: SLURM preempts a job by sending it to every task, then ``SIGKILL`` once the
+      partition's ``GraceTime`` has passed; ``scancel`` sends it too. A job whose tasks exit
+      after it is COMPLETED and is not requeued by SLURM, even under ``PreemptMode=REQUEUE``, so
+      the job requeues itself, as after the warning signal.
+
+    The handler only notes the signal; after each iteration the processes agree whether any of
+    them got one (Detectron2's ``comm.all_gather``, over gloo: no CUDA synchronisation), and if
+    so every process stops after the same iteration: the checkpointer writes
+    ``model_{iter:07d}.pth`` (atomically, then ``last_checkpoint``), the log says how many
+    seconds that took (it must fit in ``GraceTime``), and rank 0 runs ``scontrol requeue JOB``,
+    unless the job is cancelled (``scancel`` without ``--signal`` also begins with ``SIGTERM``).
+    The requeued job starts ``train_net.py`` again and resumes from that checkpoint
+    (:func:`libra_rcnn.engine.resume_under_launcher`), at the same data position
+    (:mod:`libra_rcnn.engine.position`).
 
     Args:
         checkpointer: the trainer's ``DetectionCheckpointer``.
         job: the SLURM job id to requeue.
-        signum: the signal that warns (``SIGUSR1``).
+        signals: the signals that stop the job (``SIGUSR1`` and ``SIGTERM``).
     """
 
-    def __init__(self, checkpointer, job: str, signum: int = signal.SIGUSR1):
+    def __init__(self, checkpointer, job: str, signals=(signal.SIGUSR1, signal.SIGTERM)):
         self.checkpointer = checkpointer
         self.job = job
-        self.signum = signum
-        self._received = False
-        # Installed at once: the default action of SIGUSR1 ends the process.
-        signal.signal(signum, self._note)
+        self.signals = tuple(signals)
+        self._received: Optional[int] = None
+        # Installed at once: the default action of both signals ends the process.
+        for signum in self.signals:
+            signal.signal(signum, self._note)
 
     def _note(self, signum, frame) -> None:
-        self._received = True
+        if self._received is None:
+            self._received = signum
 
     def after_step(self) -> None:
-        if not any(comm.all_gather(self._received)):
+        received = [s for s in comm.all_gather(self._received) if s is not None]
+        if not received:
             return
         iteration = self.trainer.iter
         name = f"model_{iteration:07d}"
+        start = time.monotonic()
         self.checkpointer.save(name, iteration=iteration)
         comm.synchronize()
         if comm.is_main_process():
-            logger.info("%s at iteration %d: wrote %s.pth; requeueing SLURM job %s",
-                        signal.Signals(self.signum).name, iteration, name, self.job)  # fmt: skip
-            done = subprocess.run(["scontrol", "requeue", self.job], capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                logger.error("scontrol requeue %s failed: %s", self.job, done.stderr.strip())
+            what = signal.Signals(received[0]).name
+            logger.info("%s at iteration %d: wrote %s.pth in %.1f s", what, iteration, name, time.monotonic() - start)
+            state = _job_state(self.job)
+            if state == "CANCELLED":  # scancel: the user ended the job, SIGTERM was its first step
+                logger.info("SLURM job %s is cancelled: not requeued", self.job)
+            else:
+                logger.info("requeueing SLURM job %s (state %s)", self.job, state)
+                done = subprocess.run(["scontrol", "requeue", self.job], capture_output=True, text=True, timeout=120)
+                if done.returncode != 0:
+                    logger.error("scontrol requeue %s failed: %s", self.job, done.stderr.strip())
         comm.synchronize()
         raise SystemExit(0)
+
+
+def _job_state(job: str) -> str:
+    """SLURM's ``JobState`` of ``job`` (``scontrol show job``), or ``"unknown"``."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    m = re.search(r"JobState=(\S+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def check_cpus(num_workers: int, key: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Under SLURM, a warning (logged and returned) when a task starts more processes (itself and
+    ``num_workers`` data-loader workers) than the CPUs given to it (``SLURM_CPUS_PER_TASK``),
+    naming ``key`` (the config key of the workers); else None."""
+    env = os.environ if env is None else env
+    cpus = env.get("SLURM_CPUS_PER_TASK")
+    if env.get("SLURM_JOB_ID") is None or not (cpus or "").isdigit() or num_workers + 1 <= int(cpus):
+        return None
+    message = (f"{key} = {num_workers}: each task runs {num_workers + 1} processes on SLURM_CPUS_PER_TASK = {cpus} "
+               f"CPUs; give it sbatch --cpus-per-task {num_workers + 1}, or set {key} {int(cpus) - 1} "
+               "(the batches do not depend on the number of workers)")
+    logger.warning(message)
+    return message
 
 
 def requeue_hook(checkpointer) -> Optional[RequeueOnSignal]:
