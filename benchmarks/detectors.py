@@ -13,9 +13,11 @@ worker computes at any moment.
   at the config's learning rate).
 - Inference: ``model.eval()`` on one image at a time under ``torch.no_grad()`` (as
   Detectron2's ``inference_on_dataset``), post-processing included.
-- Weights: the trained FashionScenes checkpoints when present (``--checkpoints``), else random
-  init; the frozen BatchNorm of the COCO-size R-50s is calibrated on the batch
-  (:func:`calibrate_frozen_batchnorm`), so that both models process the full 1000 proposals.
+- Weights: the FashionScenes pairs load their trained checkpoints (``--checkpoints``; the
+  command stops when they are missing, unless ``--random-weights`` asks for random init); the
+  COCO-size pairs start from random init, and the frozen BatchNorm of their R-50s is calibrated
+  on the batch (:func:`calibrate_frozen_batchnorm`), so that both models process the full 1000
+  proposals.
 - Peak memory: CUDA ``max_memory_allocated`` over the phase on a GPU; on the CPU the worker's
   peak resident set size (``ru_maxrss``: weights, gradients, optimizer state, activations and
   the ~0.4 GiB of the libraries). Inference runs before training in each worker, so the CPU's
@@ -115,6 +117,22 @@ def checkpoint_for(config_file: str, checkpoints: Optional[str]) -> Optional[str
         if path.is_file():
             return str(path)
     return None
+
+
+def missing_checkpoints(pair: Pair, checkpoints: str) -> List[str]:
+    """The configs of a FashionScenes ``pair`` that have no trained weights in ``checkpoints``.
+
+    Args:
+        pair: one of :data:`PAIRS`.
+        checkpoints: the folder searched by :func:`checkpoint_for` (either of its two layouts).
+
+    Returns:
+        the baseline's and the Libra model's config files without weights, in that order; empty
+        when both have them, and for a COCO-size pair (timed with random init by design).
+    """
+    if pair.suite != "FashionScenes":
+        return []
+    return [c for c in (pair.baseline_config, pair.libra_config) if checkpoint_for(c, checkpoints) is None]
 
 
 def make_batch(config_file: str, suite: str, batch_size: int, seed: int) -> List[dict]:
@@ -321,6 +339,15 @@ def measure_pair(
     """Training step and inference of both models of ``pair`` on ``device``, interleaved,
     in ``precision`` (``"float32"`` or ``"amp"``: see :func:`_worker`).
 
+    ``checkpoints``: the folder of the FashionScenes pairs' trained weights
+    (:func:`checkpoint_for`), or None (or '') to start them from random init; COCO-size pairs
+    always start from random init.
+
+    Raises:
+        FileNotFoundError: if ``checkpoints`` names a folder that lacks the weights of one of the
+            pair's FashionScenes configs (timing random weights instead would measure other work).
+        RuntimeError: if a worker process fails.
+
     Returns:
         dict with the pair's names, configs, batch, input size, weights and, per model
         (``"baseline"``, ``"libra"``): median ``train_s`` (s/step), ``infer_s`` (s/image),
@@ -329,6 +356,9 @@ def measure_pair(
     """
     import multiprocessing
 
+    missing = missing_checkpoints(pair, checkpoints) if checkpoints else []
+    if missing:
+        raise FileNotFoundError(f"no trained weights for {', '.join(missing)} in {checkpoints}")
     batch = make_batch(pair.baseline_config, pair.suite, batch_size, seed)
     batch_bytes = pickle.dumps(batch)
     configs = {"baseline": pair.baseline_config, "libra": pair.libra_config}

@@ -11,9 +11,11 @@ import argparse
 import datetime
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -22,6 +24,7 @@ from .common import devices, environment, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_PAGE = REPO / "docs" / "benchmarks.md"
+DEFAULT_CHECKPOINTS = REPO / "output" / "runs"
 DOCS_BEGIN = "<!-- benchmarks:begin (written by python -m benchmarks --update-docs) -->"
 DOCS_END = "<!-- benchmarks:end -->"
 ACCURACY_TESTS = ("tests/test_sampling.py", "tests/test_bfp.py")
@@ -29,6 +32,17 @@ PARTS = ["detectors", "sampler", "bfp", "non_local", "tests"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command's options, checked before anything is measured.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Raises:
+        SystemExit: status 2, with argparse's one-line ``python -m benchmarks: error: ...``, for an
+            unknown option, a count below 1, ``--checkpoints`` with ``--random-weights`` or with an
+            empty folder name, or a FashionScenes pair to time whose trained weights are not in
+            ``--checkpoints`` while ``--random-weights`` is not given (:func:`weights_problem`).
+    """
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for results.json and results.md")
     p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when available")
@@ -56,9 +70,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--infer-repeats", type=int, default=20)
     g.add_argument("--coco-infer-warmup", type=int, default=2)
     g.add_argument("--coco-infer-repeats", type=int, default=12)
-    g.add_argument("--checkpoints", default=str(REPO / "output" / "runs"),
-                   help="trained FashionScenes weights: DIR/<config name>/seed_<N>/model_final.pth (the ablation "
-                   "runner's --out) or DIR/<config name>/model_final.pth when present; '' for random init")  # fmt: skip
+    weights = g.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS),
+                         help="folder of the FashionScenes pairs' trained weights: DIR/<config name>/seed_<N>/"
+                         "model_final.pth (the lowest N; what python -m libra_rcnn.ablation --out DIR writes) or "
+                         "DIR/<config name>/model_final.pth (a train_net.py OUTPUT_DIR); the command stops before "
+                         "measuring when one is missing (default: output/runs)")  # fmt: skip
+    weights.add_argument("--random-weights", action="store_true",
+                         help="time the FashionScenes pairs with random init instead of trained weights (their "
+                         "inference then keeps other numbers of boxes than trained models do); the COCO-size "
+                         "pairs always start from random init")  # fmt: skip
     g = p.add_argument_group("sampler and BFP")
     g.add_argument("--sampler-batches", type=int, nargs="+", default=[2, 4, 8, 16])
     g.add_argument("--sampler-warmup", type=int, default=3)
@@ -76,7 +97,60 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--coco-batch must be >= 1, got {args.coco_batch}")
     if any(b < 1 for b in args.sampler_batches):
         p.error(f"--sampler-batches must be >= 1, got {args.sampler_batches}")
+    if not args.random_weights and not args.checkpoints:
+        p.error("--checkpoints needs a folder; --random-weights times the FashionScenes pairs with random init")
+    problem = weights_problem(args)
+    if problem:
+        p.error(problem)
     return args
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the commands run from its root), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def weights_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why the detector pairs that ``args`` selects cannot be timed as asked, in one line, or None.
+
+    The FashionScenes pairs are timed with their trained weights, found in ``args.checkpoints``
+    by :func:`detectors.checkpoint_for`; a missing config is a problem unless
+    ``args.random_weights`` asks for random init. COCO-size pairs need no weights.
+
+    Args:
+        args: the parsed options; reads ``only``, ``suites``, ``families``, ``checkpoints`` and
+            ``random_weights``.
+
+    Returns:
+        None when every selected FashionScenes config has its weights, when random init is asked
+        for, or when no FashionScenes pair is measured; else a line that names the configs without
+        weights, the folder searched and its two layouts, ``--random-weights``, and the commands
+        that train them into the folder (one ablation per pair: a pair's two configs share a
+        schedule).
+    """
+    if args.random_weights or "detectors" not in (args.only or PARTS):
+        return None
+    missing = []  # per selected pair, its configs without weights
+    for pair in detectors.PAIRS:
+        if pair.suite in args.suites and pair.family in args.families:
+            configs = detectors.missing_checkpoints(pair, args.checkpoints)
+            if configs:
+                missing.append(configs)
+    if not missing:
+        return None
+    configs = [c for pair_configs in missing for c in pair_configs]
+    folder = _shown(Path(args.checkpoints))
+    name = Path(configs[0]).stem if len(configs) == 1 else "<config name>"
+    train = " && ".join(
+        f".venv/bin/python -m libra_rcnn.ablation --out {shlex.quote(folder)} --configs {' '.join(pair_configs)}"
+        for pair_configs in missing
+    )
+    return (
+        f"no trained weights for {', '.join(configs)} in {folder} (looked for {folder}/{name}/seed_<N>/model_final.pth "
+        f"and {folder}/{name}/model_final.pth); pass --random-weights to time randomly initialised models "
+        f"instead, or train them first: {train}"
+    )
 
 
 def run_tests(log) -> dict:
@@ -144,7 +218,7 @@ def main(argv=None) -> dict:
                                 train_repeats=args.coco_train_repeats if coco else args.train_repeats,
                                 infer_warmup=args.coco_infer_warmup if coco else args.infer_warmup,
                                 infer_repeats=args.coco_infer_repeats if coco else args.infer_repeats,
-                                checkpoints=args.checkpoints,
+                                checkpoints=None if args.random_weights else args.checkpoints,
                                 seed=args.seed,
                                 threads=args.threads,
                                 log=log,

@@ -1,5 +1,6 @@
 """The benchmark package (benchmarks/): inputs, bookkeeping, target checks and report; no timings."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,7 +144,95 @@ def test_update_docs_replaces_only_the_marked_section(tmp_path):
 def test_bad_counts_are_refused_naming_the_option():
     with pytest.raises(SystemExit):
         run.parse_args(["--coco-train-repeats", "0"])
-    assert run.parse_args(["--sampler-batches", "2", "8"]).sampler_batches == [2, 8]
+    assert run.parse_args(["--only", "sampler", "--sampler-batches", "2", "8"]).sampler_batches == [2, 8]
+
+
+RCNN_BASELINE = "configs/FashionScenes/ablation/table2_l1_a_baseline.yaml"
+RCNN_LIBRA = "configs/FashionScenes/ablation/table2_l1_d_balanced_l1.yaml"
+
+
+def error_line(capsys, argv):
+    """The exit status and the last stderr line of ``run.parse_args(argv)``, which must refuse."""
+    with pytest.raises(SystemExit) as exited:
+        run.parse_args(argv)
+    return exited.value.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_missing_fashion_scenes_weights_are_refused_naming_both_ways_out(tmp_path, capsys):
+    code, line = error_line(capsys, ["--families", "rcnn", "--checkpoints", str(tmp_path)])
+    assert code == 2
+    assert line == (
+        f"python -m benchmarks: error: no trained weights for {RCNN_BASELINE}, {RCNN_LIBRA} in {tmp_path} "
+        f"(looked for {tmp_path}/<config name>/seed_<N>/model_final.pth and {tmp_path}/<config name>/model_final.pth); "
+        "pass --random-weights to time randomly initialised models instead, or train them first: "
+        f".venv/bin/python -m libra_rcnn.ablation --out {tmp_path} --configs {RCNN_BASELINE} {RCNN_LIBRA}"
+    )
+    # Both families: one training command per pair (a pair's configs share one schedule).
+    code, line = error_line(capsys, ["--checkpoints", str(tmp_path)])
+    assert code == 2 and line.count("-m libra_rcnn.ablation") == 2
+    assert line.endswith("--configs configs/FashionScenes/retinanet_R_18_FPN_GN.yaml "
+                         "configs/FashionScenes/libra_retinanet_R_18_FPN_GN.yaml")  # fmt: skip
+    # A folder inside the repository (the default output/runs) is shown from its root, where the commands run.
+    args = run.parse_args(["--families", "rcnn", "--random-weights"])
+    args.random_weights, args.checkpoints = False, str(REPO / "output" / "absent_runs")
+    assert " in output/absent_runs (looked for output/absent_runs/<config name>/seed_<N>/" in run.weights_problem(args)
+    assert "--out output/absent_runs --configs" in run.weights_problem(args)
+
+
+def test_random_weights_are_an_explicit_choice(tmp_path, capsys):
+    args = run.parse_args(["--families", "rcnn", "--random-weights"])
+    assert args.random_weights and run.weights_problem(args) is None
+    # An empty --checkpoints no longer means random init, and the two options exclude each other.
+    code, line = error_line(capsys, ["--checkpoints", ""])
+    assert code == 2 and line == (
+        "python -m benchmarks: error: --checkpoints needs a folder; "
+        "--random-weights times the FashionScenes pairs with random init"
+    )
+    code, line = error_line(capsys, ["--checkpoints", str(tmp_path), "--random-weights"])
+    assert code == 2 and line.endswith("argument --random-weights: not allowed with argument --checkpoints")
+
+
+def test_runs_without_fashion_scenes_detectors_need_no_weights(tmp_path):
+    # COCO-size pairs are timed with random init by design; other parts time no detector.
+    for argv in (["--suites", "COCO size"], ["--only", "sampler", "bfp", "non_local", "tests"]):
+        args = run.parse_args([*argv, "--checkpoints", str(tmp_path)])
+        assert not args.random_weights and run.weights_problem(args) is None
+
+
+def test_weights_in_either_layout_are_accepted(tmp_path, capsys):
+    # The ablation runner's OUT/<config name>/seed_<N>/ (lowest seed first) and a train_net.py OUTPUT_DIR.
+    baseline = tmp_path / "table2_l1_a_baseline"
+    for seed in (9, 10):
+        (baseline / f"seed_{seed}").mkdir(parents=True)
+        (baseline / f"seed_{seed}" / "model_final.pth").write_bytes(b"")
+    libra = tmp_path / "table2_l1_d_balanced_l1"
+    libra.mkdir()
+    code, line = error_line(capsys, ["--families", "rcnn", "--checkpoints", str(tmp_path)])
+    assert code == 2 and line.startswith(f"python -m benchmarks: error: no trained weights for {RCNN_LIBRA} in")
+    assert f"(looked for {tmp_path}/table2_l1_d_balanced_l1/seed_<N>/model_final.pth and " in line
+    (libra / "model_final.pth").write_bytes(b"")
+    args = run.parse_args(["--families", "rcnn", "--checkpoints", str(tmp_path)])
+    assert run.weights_problem(args) is None
+    assert detectors.checkpoint_for(RCNN_BASELINE, str(tmp_path)) == str(baseline / "seed_9" / "model_final.pth")
+    assert detectors.checkpoint_for(RCNN_LIBRA, str(tmp_path)) == str(libra / "model_final.pth")
+
+
+def test_measure_pair_refuses_a_folder_without_the_pairs_weights(tmp_path):
+    # Raised before the batch is made or a worker started, so it needs no dataset.
+    with pytest.raises(FileNotFoundError, match=f"no trained weights for {RCNN_BASELINE}, {RCNN_LIBRA} in"):
+        detectors.measure_pair(detectors.PAIRS[0], "cpu", 1, 0, 1, 0, 1, checkpoints=str(tmp_path), seed=0, threads=1)
+
+
+def test_the_command_stops_before_measuring_without_weights(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "tests", "detectors", "--checkpoints", str(tmp_path / "runs"),
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1].startswith("python -m benchmarks: error: no trained weights for ")
+    assert not out.exists()
 
 
 def test_reference_samplers_on_the_same_inputs(monkeypatch):

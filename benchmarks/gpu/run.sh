@@ -49,14 +49,14 @@ if [ "$MODE" = gpu ]; then
   mkdir -p /usr/share/datasets/fashion-mnist && cp .data/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/ \
     || { echo "benchmarks/gpu/run.sh: error: .data/fashion-mnist/*.gz not found (see docs/gpu.md)" >&2; exit 2; }
   DEVICE=cuda; SIZE=256; NUM_TRAIN=1000; NUM_VAL=200; MAX_ITER=800; WORKERS=4; AMP_VALUES="False True"
-  BENCH=(--devices cuda --only detectors --precision float32 amp --coco-batch 2 8 --checkpoints ""
+  BENCH=(--devices cuda --only detectors --precision float32 amp --coco-batch 2 8 --random-weights
          --train-repeats 6 --coco-train-repeats 4 --infer-repeats 10 --coco-infer-repeats 8)
 else
   PY=.venv/bin/python
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   DEVICE=cpu; SIZE=128; NUM_TRAIN=8; NUM_VAL=4; MAX_ITER=2; WORKERS=0; AMP_VALUES="False"  # AMPTrainer needs CUDA
   BENCH=(--devices cpu --only detectors --suites FashionScenes --families rcnn --precision float32 amp
-         --fashion-batch 2 --train-warmup 0 --train-repeats 1 --infer-warmup 0 --infer-repeats 1 --checkpoints "")
+         --fashion-batch 2 --train-warmup 0 --train-repeats 1 --infer-warmup 0 --infer-repeats 1 --random-weights)
 fi
 export DETECTRON2_DATASETS="$WORK/datasets"
 
