@@ -42,6 +42,8 @@ Blocks:
     ``inlier_gradients PATH`` the output of ``libra_rcnn.analysis.inlier_gradients`` (a JSON list
                              of runs labelled "GROUP, seed N") as a table, one row per group:
                              mean ± sample std over its seeds
+    ``resume_position PATH`` the seconds to find a resumed iteration's batch, per layout and
+                             iteration (``python -m benchmarks.resume_position``), as a table
 
 Inline (one line, see above):
     ``value PATH FIELD [FORMAT [REDUCER]]``
@@ -436,6 +438,20 @@ def _value(arg: str) -> str:
     return reducers[reducer](values if reducer == "list" else numbers)
 
 
+def _resume_position(path: str) -> str:
+    """The seconds to find a resumed iteration's batch (benchmarks.resume_position), as a table."""
+    result = json.loads((DOCS / path).read_text())
+    env = result["environment"]
+    lines = ["| processes x images | iteration | seconds to its batch |", "|---|---|---|"]
+    for row in result["restore"]:
+        lines.append(f"| {row['processes']} x {row['images_per_process']} | {row['iteration']:,} | {row['seconds']:.3f} |")
+    lines += ["", f"Median of {result['repeats']}, {result['records']:,} records, on {env['cpu']} "
+              f"({env['torch_threads']} threads, torch {env['torch']}), {result['date']}, commit {env['git_commit']}; "
+              f"reading the records' orientation when the loader is built took {result['loader_build_seconds']:.2f} s. "
+              "`python -m benchmarks.resume_position`."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def block_text(name: str) -> str:
     """The text of the block ``name`` (see the module docstring)."""
     kind, _, arg = name.partition(" ")
@@ -447,7 +463,8 @@ def block_text(name: str) -> str:
     if kind == "log_lines":
         return _log_lines(arg)
     with_arg = {"verdicts": _verdicts, "study_power": _study_power, "diagnosis": _diagnosis, "value": _value,
-                "paired_steps": _paired_steps, "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients}
+                "paired_steps": _paired_steps, "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients,
+                "resume_position": _resume_position}
     if kind in with_arg:
         return with_arg[kind](arg)
     if kind not in generators:

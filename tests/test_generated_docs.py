@@ -140,3 +140,15 @@ def test_inlier_gradients_group_the_seeds_of_each_model(results, generate):
     assert generate.block_text("inlier_gradients shares.json").splitlines()[2] == (
         "| row c (`model_c`), seeds 7, 8 | 100, 120 | 0.850 ± 0.071 | 0.600 ± 0.000 | **0.700 ± 0.000** | "
         "0.500 ± 0.000 / 0.400 ± 0.000 |")  # fmt: skip
+
+
+def test_resume_position_writes_one_row_per_layout_and_iteration(results, generate):
+    (results / "resume.json").write_text(json.dumps({
+        "records": 117266, "loader_build_seconds": 0.7234, "repeats": 5, "date": "2026-12-07",
+        "environment": {"cpu": "AMD EPYC", "torch_threads": 2, "torch": "2.14.1", "git_commit": "abc1234"},
+        "restore": [{"processes": 1, "images_per_process": 16, "iteration": 10000, "seconds": 0.0317},
+                    {"processes": 8, "images_per_process": 2, "iteration": 90000, "seconds": 1.23456}]}))  # fmt: skip
+    lines = generate.block_text("resume_position resume.json").splitlines()
+    assert lines[2:4] == ["| 1 x 16 | 10,000 | 0.032 |", "| 8 x 2 | 90,000 | 1.235 |"]
+    assert lines[5].startswith("Median of 5, 117,266 records, on AMD EPYC (2 threads, torch 2.14.1), 2026-12-07, "
+                               "commit abc1234; reading the records' orientation when the loader is built took 0.72 s.")  # fmt: skip

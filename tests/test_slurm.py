@@ -138,8 +138,8 @@ def test_sbatch_two_tasks_checkpoint_requeue_and_resume_exactly(stop, slurm, tmp
     else:  # the signal, now, to every task of the job's steps
         subprocess.run(["scancel", f"--signal={signal_name}", job], env=slurm, check=True, timeout=30)
     wait_for(lambda: _job(slurm, job).get("Restarts") == "1", 120, "the job to requeue itself")
-    stop = re.search(rf"SIG{signal_name} at iteration (\d+): wrote \S+ in ([\d.]+) s", log.read_text())
-    warned_at, seconds = int(stop.group(1)), float(stop.group(2))
+    stopped = re.search(rf"SIG{signal_name} at iteration (\d+): wrote \S+ in ([\d.]+) s", log.read_text())
+    warned_at, seconds = int(stopped.group(1)), float(stopped.group(2))
     assert last_checkpoint(out) == f"model_{warned_at:07d}.pth"
     # Slurm holds a requeued job back for about 2 minutes (BeginTime, set once the requeue is
     # done: the job passes through REQUEUED and CANCELLED first); start it sooner, but not within
@@ -173,6 +173,7 @@ def test_sbatch_two_tasks_checkpoint_requeue_and_resume_exactly(stop, slurm, tmp
     assert starts((out / "log.txt").read_text()) == [0, warned_at + 1]
     assert last_checkpoint(out) == "model_final.pth"
     tensors = assert_same_weights(never_stopped, out)
+    print(text)
     print(f"job {job} ({stop}): SIG{signal_name} at iteration {warned_at}, checkpoint written in {seconds} s, resumed at "
           f"{warned_at + 1}; {info['JobState']}, Restarts={info['Restarts']}; checkpoints {checkpoints(out)}; "
           f"model_final.pth equal to the run never stopped ({tensors} tensors)")  # fmt: skip
