@@ -23,6 +23,8 @@ from typing import Dict, List
 
 import torch
 
+from .common import repeat_timed
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [(800, 1216), (640, 1024), (736, 1344), (800, 1088), (704, 960)]
 
@@ -90,15 +92,6 @@ def measure_bfp(channels: int = 256, refine: str = "non_local", sizes=SIZES) -> 
             "recompilations": rows[-1]["graphs"] - 1, "max_abs_diff": worst}  # fmt: skip
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_backbone(repeats: int = 5) -> dict:
     """Eager vs inductor-compiled forward + backward of the FashionScenes Libra R-CNN backbone."""
     import torch._dynamo
@@ -122,12 +115,12 @@ def measure_backbone(repeats: int = 5) -> dict:
 
     explained = torch._dynamo.explain(backbone)(images)
     torch._dynamo.reset()
-    eager = _median_time(step(backbone), repeats)
+    eager = statistics.median(repeat_timed(step(backbone), "cpu", 0, repeats))
     compiled = torch.compile(backbone, backend="inductor")
     start = time.perf_counter()
     step(compiled)()
     first = time.perf_counter() - start
-    fast = _median_time(step(compiled), repeats)
+    fast = statistics.median(repeat_timed(step(compiled), "cpu", 0, repeats))
     return {"model": "FashionScenes Libra R-CNN backbone (ResNet-18 + GN, FPN 64, BFP), 4 x 256 x 256",
             "graph_count": explained.graph_count, "graph_breaks": explained.graph_break_count,
             "eager_s": round(eager, 4), "compiled_s": round(fast, 4), "speedup": round(eager / fast, 3),

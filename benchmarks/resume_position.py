@@ -21,21 +21,12 @@ import torch
 
 from libra_rcnn.data.exact_order import BatchPlan, ExactOrderLoader
 
-from .common import environment, load_average
+from .common import environment, load_average, repeat_timed
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_TRAIN_IMAGES = 117266
 ITERATIONS = (0, 10000, 90000)
 LAYOUTS = ((1, 16), (8, 2))  # (processes, images per process)
-
-
-def seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None) -> dict:
@@ -47,7 +38,7 @@ def main(argv=None) -> dict:
     landscape = torch.rand(COCO_TRAIN_IMAGES, generator=generator) < 0.7
     records = [{"file_name": f"{i:012d}.jpg", "width": 640 if flat else 480, "height": 480 if flat else 640}
                for i, flat in enumerate(landscape.tolist())]  # fmt: skip
-    build = seconds(lambda: ExactOrderLoader(records, dict, batch_size=16, seed=1), args.repeats)
+    build = statistics.median(repeat_timed(lambda: ExactOrderLoader(records, dict, batch_size=16, seed=1), "cpu", 0, args.repeats))
     groups = ExactOrderLoader(records, dict, batch_size=16, seed=1).groups
     rows = []
     for world_size, per_process in LAYOUTS:
@@ -58,7 +49,7 @@ def main(argv=None) -> dict:
                 return next(plan.batches(iteration))
 
             rows.append({"processes": world_size, "images_per_process": per_process, "iteration": iteration,
-                         "seconds": seconds(restore, args.repeats)})  # fmt: skip
+                         "seconds": statistics.median(repeat_timed(restore, "cpu", 0, args.repeats))})  # fmt: skip
     result = {
         "records": COCO_TRAIN_IMAGES,
         "loader_build_seconds": build,

@@ -172,3 +172,26 @@ def assert_same_weights(expected: dict, out: Path) -> int:
     differ = [k for k in expected if not torch.equal(expected[k], final[k])]
     assert not differ, f"{len(differ)} of {len(final)} tensors differ from the run never stopped, e.g. {differ[:3]}"
     return len(final)
+
+
+def own_export_project(root: Path, name: str, base_config: str, num_train: int, num_val: int, seed: int,
+                       extra: str = "") -> Path:
+    """A user's project folder: a labelling tool's COCO export under ``root/data`` (the example
+    export, :func:`libra_rcnn.data.tool_export.build_tool_export`) and ``root/NAME.yaml``, which
+    inherits ``base_config`` and declares the export as ``NAME_train`` / ``NAME_val`` with paths
+    relative to itself (3 classes). ``extra`` is appended to the YAML. Returns the config's path."""
+    from libra_rcnn.data.tool_export import build_tool_export
+
+    build_tool_export(str(root / "data"), num_train=num_train, num_val=num_val, seed=seed)
+    config = root / f"{name}.yaml"
+    config.write_text(f"""_BASE_: "{REPO / base_config}"
+DATASETS:
+  COCO_INSTANCES: [["{name}_train", "data/annotations/train.json", "data/images"],
+                   ["{name}_val", "data/annotations/val.json", "data/images"]]
+  TRAIN: ("{name}_train",)
+  TEST: ("{name}_val",)
+MODEL:
+  ROI_HEADS:
+    NUM_CLASSES: 3
+{extra}""")
+    return config

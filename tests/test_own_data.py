@@ -14,14 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from PIL import Image, ImageOps
 
-from libra_rcnn.data.tool_export import build_tool_export
 
-from conftest import REPO, SMALL_OVERRIDES, load_cfg
+from conftest import REPO, SMALL_OVERRIDES, load_cfg, own_export_project
 from test_lazy_config import small_overrides
 
 # Small and short: the config below only declares the data, the command line shrinks the run.
@@ -37,18 +35,8 @@ def export(tmp_path_factory):
     """A project folder: the export under data/, and a config that inherits a Libra R-CNN config
     and declares the export with paths relative to itself."""
     project = tmp_path_factory.mktemp("project")
-    build_tool_export(str(project / "data"), num_train=24, num_val=8, seed=1)
-    (project / "shop.yaml").write_text(f"""_BASE_: "{REPO}/configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
-DATASETS:
-  COCO_INSTANCES: [["shop_train", "data/annotations/train.json", "data/images"],
-                   ["shop_val", "data/annotations/val.json", "data/images"]]
-  TRAIN: ("shop_train",)
-  TEST: ("shop_val",)
-MODEL:
-  ROI_HEADS:
-    NUM_CLASSES: 3
-OUTPUT_DIR: "output/shop"
-""")
+    own_export_project(project, "shop", "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml", num_train=24, num_val=8,
+                       seed=1, extra='OUTPUT_DIR: "output/shop"\n')  # fmt: skip
     return project
 
 

@@ -13,9 +13,8 @@ import pytest
 from libra_rcnn.ablation import config_settings
 from libra_rcnn.ablation.study import detectable_difference, study_rows, verdicts
 from libra_rcnn.config import build_config
-from libra_rcnn.data.tool_export import build_tool_export
 
-from conftest import REPO
+from conftest import REPO, own_export_project
 
 LIBRA = "configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml"
 RPN_OFF = {"MODEL.PROPOSAL_GENERATOR.NAME": "RPN", "MODEL.LIBRA.RPN.NEG_POS_UB": -1.0}
@@ -93,17 +92,7 @@ SHORT = ["SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    build_tool_export(str(root / "data"), num_train=12, num_val=4, seed=2)
-    (root / "mine.yaml").write_text(f"""_BASE_: "{REPO}/{LIBRA}"
-DATASETS:
-  COCO_INSTANCES: [["mine_train", "data/annotations/train.json", "data/images"],
-                   ["mine_val", "data/annotations/val.json", "data/images"]]
-  TRAIN: ("mine_train",)
-  TEST: ("mine_val",)
-MODEL:
-  ROI_HEADS:
-    NUM_CLASSES: 3
-""")
+    own_export_project(root, "mine", LIBRA, num_train=12, num_val=4, seed=2)
     return root
 
 
