@@ -16,15 +16,14 @@ uninterrupted one would have: the data position, the random generators and the l
 docs/distributed.md#exact-resume.
 """
 import logging
-import os
 import random
 from typing import List, Optional
 
 import numpy as np
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, default_writers
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, EventWriter, HistoryBuffer, JSONWriter, TensorboardXWriter
+from detectron2.utils.events import EventWriter, HistoryBuffer, TensorboardXWriter
 
 from ..data.exact_order import STEP, ExactOrderLoader, derive_seed
 
@@ -159,8 +158,9 @@ class TensorboardFromStart(EventWriter):
 
 
 def resumable_writers(output_dir: str, max_iter: int, trainer) -> List[EventWriter]:
-    """Detectron2's ``default_writers`` (the console, ``metrics.json``, TensorBoard), with
-    TensorBoard's events cut back at a resume (:class:`TensorboardFromStart`)."""
-    os.makedirs(output_dir, exist_ok=True)
-    return [CommonMetricPrinter(max_iter), JSONWriter(os.path.join(output_dir, "metrics.json")),
-            TensorboardFromStart(output_dir, trainer)]  # fmt: skip
+    """Detectron2's ``default_writers`` (the console, ``metrics.json``, TensorBoard), its
+    TensorBoard writer replaced by :class:`TensorboardFromStart`, which cuts the events back at a
+    resume. (Detectron2's writer opens its event file at its first write only, so the one
+    replaced never writes.)"""
+    return [TensorboardFromStart(output_dir, trainer) if isinstance(writer, TensorboardXWriter) else writer
+            for writer in default_writers(output_dir, max_iter)]  # fmt: skip
