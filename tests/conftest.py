@@ -83,13 +83,23 @@ def args_for(*argv):
     return argument_parser().parse_args(list(argv))
 
 
-def train_net(*argv, datasets_root, timeout=600):
-    """Run train_net.py in a subprocess with ``DETECTRON2_DATASETS=datasets_root``."""
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+def train_net_env(datasets_root, **extra) -> dict:
+    """The environment of a train_net.py subprocess: ``DETECTRON2_DATASETS=datasets_root``, no
+    warnings, and ``extra`` variables."""
+    return dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore", **extra)
+
+
+def train_net(*argv, datasets_root, timeout=600, **extra_env):
+    """Run train_net.py in a subprocess (:func:`train_net_env`, ``extra_env`` added)."""
     return subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *argv], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=timeout,
+        [sys.executable, str(REPO / "train_net.py"), *argv], cwd=REPO, env=train_net_env(datasets_root, **extra_env),
+        capture_output=True, text=True, timeout=timeout,
     )
+
+
+def final_weights(out: Path) -> dict:
+    """The model tensors of ``out/model_final.pth``."""
+    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
 
 
 def load_cfg(config_file, overrides=()):
@@ -158,16 +168,15 @@ def never_stopped(tiny_scenes, tmp_path_factory):
     gloo, one thread each, as the launcher tests run them), never stopped: what a run stopped and
     resumed under torchrun or SLURM must equal, bit for bit."""
     out = tmp_path_factory.mktemp("never_stopped") / "out"
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(REPO / "train_net.py"), "--num-gpus", "2", *TWO_PROCESS_TRAINING,
-                           "OUTPUT_DIR", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = train_net("--num-gpus", "2", *TWO_PROCESS_TRAINING, "OUTPUT_DIR", str(out), datasets_root=tiny_scenes,
+                     timeout=900, OMP_NUM_THREADS="1")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    return final_weights(out)
 
 
 def assert_same_weights(expected: dict, out: Path) -> int:
     """``out/model_final.pth``'s model tensors equal ``expected``'s (``torch.equal``); returns their number."""
-    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    final = final_weights(out)
     assert final.keys() == expected.keys()
     differ = [k for k in expected if not torch.equal(expected[k], final[k])]
     assert not differ, f"{len(differ)} of {len(final)} tensors differ from the run never stopped, e.g. {differ[:3]}"

@@ -1,7 +1,6 @@
 """The ablation runner: one schedule for every config, a table and a chart, resume."""
 import argparse
 import json
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from libra_rcnn.ablation.runner import _prepare
 from libra_rcnn.ablation.stats import critical_t
 from libra_rcnn.config import InputError
 
-from conftest import REPO, SMALL_OVERRIDES
+from conftest import REPO, SMALL_OVERRIDES, train_net_env
 
 TABLE2 = [f"configs/FashionScenes/ablation/{name}.yaml" for name in ("table2_l1_a_baseline", "table2_l1_d_balanced_l1")]
 TINY = [
@@ -118,7 +117,7 @@ def test_summary_table_gives_mean_and_sample_std(tmp_path):
 
 
 def run_ablation(*argv, datasets_root):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    env = train_net_env(datasets_root)
     cmd = [sys.executable, "-m", "libra_rcnn.ablation", *argv]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from cluster import LOOPBACK, checkpoints, children, free_port, last_checkpoint, starts, stop_group, wait_for
-from conftest import CONFIG, REPO, TINY_CLI, TWO_PROCESS_TRAINING, assert_same_weights
+from conftest import CONFIG, REPO, TINY_CLI, TWO_PROCESS_TRAINING, assert_same_weights, train_net_env
 from test_lazy_config import RCNN_1X, small_overrides
 from libra_rcnn.engine.launcher import LaunchError, check_cpus, detect, wait_for_master
 
@@ -115,8 +115,7 @@ def _agents(port, out, tiny_scenes, max_restarts=1):
         "--local-addr", LOOPBACK, "--max-restarts", str(max_restarts), "--monitor-interval", "0.5",
         str(REPO / "train_net.py"), *TWO_PROCESS_TRAINING, "OUTPUT_DIR", str(out),
     ]  # fmt: skip
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
-               GLOO_SOCKET_IFNAME="lo")  # fmt: skip
+    env = train_net_env(tiny_scenes, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     logs = [open(out.parent / f"agent{i}.log", "a") for i in range(2)]
     return [
         subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -187,7 +186,7 @@ def test_lazy_train_net_under_torchrun(tmp_path, tiny_scenes):
         *small_overrides(RCNN_1X, "fashion_scenes_train", "fashion_scenes_val"),
         "optimizer.lr=0.002", "train.checkpointer.period=2", "train.eval_period=0", f"train.output_dir={out}",
     ]  # fmt: skip
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    env = train_net_env(tiny_scenes, OMP_NUM_THREADS="1")
     for max_iter in (4, 6):
         agent = subprocess.Popen([*command, f"train.max_iter={max_iter}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip

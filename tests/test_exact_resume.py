@@ -15,7 +15,7 @@ import torch
 
 from libra_rcnn.data.exact_order import BatchPlan, ExactOrderLoader
 
-from conftest import CONFIG, REPO, TINY_CLI
+from conftest import CONFIG, REPO, TINY_CLI, assert_same_weights, final_weights, train_net, train_net_env
 
 # --- the plan of batches -------------------------------------------------------------------
 
@@ -93,12 +93,9 @@ ITERATIONS = ["SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "15", "SEED",
 
 
 def command(out, workers=0, num_gpus=1):
-    return [sys.executable, str(REPO / "train_net.py"), "--resume", "--num-gpus", str(num_gpus), "--config-file",
-            CONFIG, *TINY_CLI, *ITERATIONS, "DATALOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out)]  # fmt: skip
-
-
-def environment(datasets_root):
-    return dict(os.environ, DETECTRON2_DATASETS=str(datasets_root), PYTHONWARNINGS="ignore")
+    """train_net.py's arguments for this file's training in ``out``."""
+    return ["--resume", "--num-gpus", str(num_gpus), "--config-file", CONFIG, *TINY_CLI, *ITERATIONS,
+            "DATALOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out)]  # fmt: skip
 
 
 def logged(out):
@@ -107,17 +104,19 @@ def logged(out):
             for m in lines if "total_loss" in m}  # fmt: skip
 
 
-def run(cmd, datasets_root):
-    done = subprocess.run(cmd, cwd=REPO, env=environment(datasets_root), capture_output=True, text=True, timeout=900)
+def run(argv, datasets_root):
+    done = train_net(*argv, datasets_root=datasets_root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
 
-def run_killed_then_resumed(cmd, out, datasets_root):
-    """Start ``cmd``, SIGKILL its whole process group once iteration 19 is logged (after the
-    checkpoint of iteration 14, before that of 29), then run it again. Returns the second log."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=environment(datasets_root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+def run_killed_then_resumed(argv, out, datasets_root):
+    """Start train_net.py with ``argv``, SIGKILL its whole process group once iteration 19 is
+    logged (after the checkpoint of iteration 14, before that of 29), then run it again. Returns
+    the second log."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_net.py"), *argv], cwd=REPO,
+                            env=train_net_env(datasets_root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:
         if (out / "metrics.json").is_file() and 19 in logged(out):
@@ -126,22 +125,22 @@ def run_killed_then_resumed(cmd, out, datasets_root):
         time.sleep(0.05)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     assert (out / "last_checkpoint").read_text() == "model_0000014.pth"
-    log = run(cmd, datasets_root)
+    log = run(argv, datasets_root)
     assert "Starting training from iteration 15" in log
     assert "Resuming the data at batch 15 of seed" in log
     return log
 
 
-def final_model(out):
-    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-
-
-def tensorboard_steps(out, tag="total_loss"):
-    """The steps of ``tag`` as TensorBoard shows them, over every event file of the folder."""
+def tensorboard_scalars(out, tag="total_loss"):
+    """The (step, value) of ``tag`` as TensorBoard shows them, over every event file of the folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out), purge_orphaned_data=True).Reload()
-    return [e.step for e in events.Scalars(tag)]
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def tensorboard_steps(out, tag="total_loss"):
+    return [step for step, _ in tensorboard_scalars(out, tag)]
 
 
 def test_tensorboard_hides_the_steps_past_the_checkpoint_of_a_resumed_run(tmp_path):
@@ -161,17 +160,11 @@ def test_tensorboard_hides_the_steps_past_the_checkpoint_of_a_resumed_run(tmp_pa
                 storage.put_scalar("total_loss", value, smoothing_hint=False)
                 writer.write()
         writer.close()
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(tmp_path), purge_orphaned_data=True).Reload()
-    assert [(e.step, e.value) for e in events.Scalars("total_loss")] == [(19, 1.0), (39, 3.0)]
+    assert tensorboard_scalars(tmp_path) == [(19, 1.0), (39, 3.0)]
 
 
 def assert_same_run(a, b):
-    first, second = final_model(a), final_model(b)
-    assert first.keys() == second.keys()
-    differ = [k for k in first if not torch.equal(first[k], second[k])]
-    assert not differ, f"{len(differ)} of {len(first)} tensors differ, e.g. {differ[:3]}"
+    assert_same_weights(final_weights(a), b)
     assert logged(a) == logged(b) and sorted(logged(a)) == [19, 39]
 
 

@@ -1,7 +1,6 @@
 """The LazyConfigs (configs/**/*.py): they build the YAML configs' models, train a step, and
 lazy_train_net.py trains and evaluates from one."""
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from libra_rcnn import BalancedFeaturePyramid, LibraRetinaNet, LibraROIHeads, Li
 from libra_rcnn.config import load_lazy_config as load_config
 from libra_rcnn.engine.lazy import cli
 
-from conftest import LAZY_CONFIGS, REPO, args_for, load_cfg
+from conftest import LAZY_CONFIGS, REPO, args_for, load_cfg, train_net_env
 
 RCNN_1X = "configs/COCO-Detection/libra_rcnn_R_50_FPN_1x.py"
 RETINANET_1X = "configs/COCO-Detection/libra_retinanet_R_50_FPN_1x.py"
@@ -160,7 +159,7 @@ def test_lazy_train_net_trains_and_evaluates(tiny_scenes, tmp_path):
         *small_overrides(RCNN_1X, "fashion_scenes_train", "fashion_scenes_val"),
         "optimizer.lr=0.002", "train.max_iter=2", "train.log_period=1", f"train.output_dir={out}",
     ]  # fmt: skip
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore")
+    env = train_net_env(tiny_scenes)
     result = subprocess.run(
         [sys.executable, str(REPO / "lazy_train_net.py"), *argv], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=600,

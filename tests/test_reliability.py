@@ -24,7 +24,7 @@ from libra_rcnn.data.checks import DatasetError
 from libra_rcnn.config import InputError, build_config
 from libra_rcnn.engine import Trainer, check_inputs, truncate_metrics
 
-from conftest import CONFIG, REPO, TINY, TINY_CLI, args_for, train_net
+from conftest import CONFIG, REPO, TINY, TINY_CLI, args_for, train_net, train_net_env
 
 
 def tiny_cfg(out, *overrides):
@@ -51,7 +51,7 @@ def test_sigkill_between_checkpoints_then_resume_continues_and_logs_each_iterati
     out = tmp_path / "run"
     argv = ["--resume", "--config-file", CONFIG, *TINY_CLI, "SOLVER.MAX_ITER", "80",
             "SOLVER.CHECKPOINT_PERIOD", "30", "OUTPUT_DIR", str(out)]  # fmt: skip
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_scenes), PYTHONWARNINGS="ignore")
+    env = train_net_env(tiny_scenes)
     proc = subprocess.Popen([sys.executable, str(REPO / "train_net.py"), *argv], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     # Kill once iteration 39 is logged: after the checkpoint of iteration 29, before that of 59.
