@@ -159,6 +159,25 @@ def test_bfp_equals_the_generic_rescaling(sizes):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("refine_type", ["none", "non_local"])
+@pytest.mark.parametrize("sizes", SIZES)
+def test_bfp_without_autograd_equals_it_with_autograd(sizes, refine_type):
+    # Without autograd the levels are strengthened in place (broadcast over whole rows for integer
+    # ratios, F.interpolate otherwise): the same values, bit for bit, and the inputs untouched.
+    levels = {f"p{i + 2}": torch.randn(2, 5, h, w) for i, (h, w) in enumerate(sizes)}
+    copies = {k: v.clone() for k, v in levels.items()}
+    bfp = BalancedFeaturePyramid(FixedPyramid(levels), refine_level=min(2, len(sizes) - 1), refine_type=refine_type)
+    if refine_type == "non_local":
+        torch.nn.init.normal_(bfp.refine.out.weight)  # not the identity
+    with_grad = bfp(torch.zeros(1))
+    assert all(v.requires_grad for v in with_grad.values())
+    with torch.no_grad():
+        without = bfp(torch.zeros(1))
+    for k in levels:
+        assert torch.equal(without[k], with_grad[k].detach()), k
+        assert torch.equal(levels[k], copies[k])
+
+
 def test_bfp_backbone_from_config_keeps_fpn_outputs():
     cfg = load_cfg("configs/FashionScenes/libra_rcnn_R_18_FPN_GN.yaml", ["MODEL.DEVICE", "cpu"])
     bfp = build_backbone(cfg)

@@ -11,7 +11,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from fvcore.nn import weight_init
 
 from ..config import check_choice, check_range, config_keys
-from .resize import add_upsampled, max_pool_to
+from .resize import add_upsampled, generic_graph, max_pool_to
 
 __all__ = ["NonLocalBlock2d", "BalancedFeaturePyramid", "build_bfp_backbone", "REFINE_TYPES"]
 
@@ -89,6 +89,11 @@ class NonLocalBlock2d(nn.Module):
         # Under torch.compile the explicit form: inductor fuses it, and its fused-attention
         # kernel does not take symbolic sizes (dynamic shapes).
         return x + _conv1x1(self.out, self.attend(x, fused=not torch.compiler.is_compiling()))
+
+
+def _add(x: torch.Tensor, y: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``x + y``, written into ``x`` when ``inplace``."""
+    return x.add_(y) if inplace else x + y
 
 
 class BalancedFeaturePyramid(Backbone):
@@ -172,9 +177,11 @@ class BalancedFeaturePyramid(Backbone):
             total = add_upsampled(total, f)
         balanced = self.refine(total / len(levels))
         # Strengthen: the balanced map, upsampled to the finer levels and pooled to the coarser.
-        out = [add_upsampled(f, balanced) for f in levels[:r]]
-        out.append(levels[r] + balanced)
-        out += [f + max_pool_to(balanced, f.shape[-2:], stride // strides[r])
+        # Without autograd the FPN's levels, used by nothing else, are strengthened in place.
+        inplace = not torch.is_grad_enabled() and not generic_graph()
+        out = [add_upsampled(f, balanced, inplace=inplace) for f in levels[:r]]
+        out.append(_add(levels[r], balanced, inplace))
+        out += [_add(f, max_pool_to(balanced, f.shape[-2:], stride // strides[r]), inplace)
                 for f, stride in zip(levels[r + 1 :], strides[r + 1 :])]  # fmt: skip
         return dict(zip(self._out_features, out))
 

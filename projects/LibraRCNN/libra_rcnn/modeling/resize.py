@@ -9,8 +9,9 @@ each output's pooling window (PyTorch's windows, with a length fixed by the leve
 and the source row and column of each upsampled output (PyTorch's float32 index rule; ONNX
 Runtime's Resize differs from it for some sizes). Eager, PyTorch's own kernels run; where the sizes
 are whole multiples of each other (FPN levels of an input padded to the backbone's size
-divisibility, the usual case), a k x k max pooling of stride k and a broadcast over k x k blocks,
-with the same values and gradients. ``benchmarks/bfp.py`` (its ``resize`` rows) measures each
+divisibility, the usual case), a k x k max pooling of stride k (without autograd, maxima over whole
+rows) and a broadcast over k x k blocks (without autograd, in place), with the same values and
+gradients. ``benchmarks/bfp.py`` (its ``resize`` rows) measures each
 against the gathers.
 """
 from typing import Optional, Sequence, Tuple
@@ -18,10 +19,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pooling_windows", "nearest_indices", "gather_max_pool", "gather_upsample", "max_pool_to", "add_upsampled"]
+__all__ = ["generic_graph", "pooling_windows", "nearest_indices", "gather_max_pool", "gather_upsample", "max_pool_to", "add_upsampled"]
 
 
-def _generic() -> bool:
+def generic_graph() -> bool:
     """True while the graph recorded must hold for every size (tracing, ONNX export, compile)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
@@ -93,18 +94,46 @@ def max_pool_to(x: torch.Tensor, size: Sequence[int], ratio: int) -> torch.Tenso
         size: the coarser level's (h, w).
         ratio: the levels' stride ratio (>= 1): windows are at most ``ratio + 1`` long.
     """
-    if _generic():
+    if generic_graph():
         return gather_max_pool(x, size, ratio + 1)
     k = _integer_ratio(x.shape[-2:], size)
-    return F.max_pool2d(x, k, k) if k is not None else F.adaptive_max_pool2d(x, tuple(size))
+    if k is None:
+        return F.adaptive_max_pool2d(x, tuple(size))
+    if x.requires_grad and torch.is_grad_enabled():
+        return F.max_pool2d(x, k, k)  # its gradient: to the first maximum of each window, as the reference's
+    return _block_max(x, *k)
 
 
-def add_upsampled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x + nearest_upsample(y, size of x)`` for (B, C, H, W) ``x`` and (B, C, h, w) ``y``."""
-    if _generic():
+def _block_max(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """``F.max_pool2d(x, (kh, kw))`` for (B, C, H, W) ``x`` with H, W multiples of kh, kw: the same
+    values, by reductions over whole contiguous rows (PyTorch's CPU kernel for NCHW walks each
+    window separately, and takes about twice as long at P2)."""
+    b, c, hh, ww = x.shape
+    h, w = hh // kh, ww // kw
+    rows = x.reshape(b, c, h, kh, ww)
+    rows = torch.maximum(rows[:, :, :, 0], rows[:, :, :, 1]) if kh == 2 else rows.amax(dim=3)
+    return rows.reshape(b, c, h, w, kw).amax(dim=4)
+
+
+def add_upsampled(x: torch.Tensor, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x + nearest_upsample(y, size of x)`` for (B, C, H, W) ``x`` and (B, C, h, w) ``y``.
+
+    ``inplace=True`` writes the sum into ``x`` and returns it, where ``x`` is contiguous, needs no
+    gradient and no size-generic graph is being recorded (otherwise the sum is a new tensor). At
+    inference this saves allocating a map of the finer level's size, which on the CPU costs more
+    than the addition (the fresh pages are faulted in one by one).
+    """
+    if generic_graph():
         return x + gather_upsample(y, x.shape[-2:])
     k = _integer_ratio(x.shape[-2:], y.shape[-2:])
+    inplace = inplace and x.is_contiguous() and not x.requires_grad
     if k is None:
-        return x + F.interpolate(y, size=x.shape[-2:], mode="nearest")
+        up = F.interpolate(y, size=x.shape[-2:], mode="nearest")
+        return x.add_(up) if inplace else x + up
     (b, c, h, w), (kh, kw) = y.shape, k
+    if inplace:
+        # Rows repeated by broadcasting over whole contiguous rows of x: columns first, on y's size.
+        rows = y[..., None].expand(b, c, h, w, kw).reshape(b, c, h, 1, w * kw)
+        x.view(b, c, h, kh, w * kw).add_(rows)
+        return x
     return (x.reshape(b, c, h, kh, w, kw) + y[:, :, :, None, :, None]).reshape(x.shape)
