@@ -15,9 +15,13 @@ worker computes at any moment.
   Detectron2's ``inference_on_dataset``), post-processing included.
 - Weights: the FashionScenes pairs load their trained checkpoints (``--checkpoints``; the
   command stops when they are missing, unless ``--random-weights`` asks for random init); the
-  COCO-size pairs start from random init, and the frozen BatchNorm of their R-50s is calibrated
-  on the batch (:func:`calibrate_frozen_batchnorm`), so that both models process the full 1000
-  proposals.
+  COCO-size pairs start from random init: the baseline's frozen BatchNorm is calibrated on the
+  batch (:func:`calibrate_frozen_batchnorm`), so that the models process the full 1000
+  proposals, and the Libra model takes the baseline's weights for every module the two have in
+  common (:func:`load_common_weights`). Only what the method adds (the BFP's refinement) keeps
+  its own init, so the work that depends on the weights (the sizes of the proposals RoIAlign
+  pools, the boxes NMS keeps) differs between the two only as far as the method changes the
+  features, as between trained models, and not by two unrelated random draws.
 - Peak memory: CUDA ``max_memory_allocated`` over the phase on a GPU; on the CPU the worker's
   peak resident set size (``ru_maxrss``: weights, gradients, optimizer state, activations and
   the ~0.4 GiB of the libraries). Inference runs before training in each worker, so the CPU's
@@ -26,6 +30,7 @@ worker computes at any moment.
 
 import os
 import pickle
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,14 +202,36 @@ def calibrate_frozen_batchnorm(model, inputs: List[dict]) -> int:
     return len(layers)
 
 
+def load_common_weights(model, source: Dict[str, torch.Tensor]) -> int:
+    """Copies into ``model`` every entry of the state dict ``source`` that ``model`` also has.
+
+    A balanced feature pyramid wraps its FPN as ``backbone.fpn``, so ``backbone.fpn.X`` takes the
+    plain FPN's ``backbone.X``; an entry is taken only where the shapes agree.
+
+    Returns:
+        the number of state-dict entries copied.
+    """
+    state = model.state_dict()
+    copied = 0
+    for key, value in state.items():
+        for name in (key, key.replace("backbone.fpn.", "backbone.", 1)):
+            if name in source and source[name].shape == value.shape:
+                value.copy_(source[name])
+                copied += 1
+                break
+    return copied
+
+
 def _worker(
     conn, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int,
-    precision: str = "float32",
+    precision: str = "float32", shared: Optional[tuple] = None,
 ) -> None:
     """Worker process: builds one model, then answers the parent's measurement requests.
 
     ``precision="amp"``: on a GPU, Detectron2's ``AMPTrainer`` (float16 autocast, gradient
     scaling) and float16 autocast in inference; on the CPU, bfloat16 autocast around both.
+    ``shared``: without ``weights``, ``("save", path)`` calibrates the model and saves its state
+    dict to ``path``; ``("load", path)`` takes the common entries of that state dict instead.
     """
     try:
         torch.set_num_threads(threads)
@@ -221,11 +248,15 @@ def _worker(
         cfg = load_config(config_file, device)
         model = build_model(cfg)
         batch = pickle.loads(batch_bytes)
-        calibrated = 0
+        calibrated = shared_entries = 0
         if weights:
             DetectionCheckpointer(model).load(weights)
+        elif shared and shared[0] == "load":
+            shared_entries = load_common_weights(model, torch.load(shared[1], map_location=device))
         else:
             calibrated = calibrate_frozen_batchnorm(model, batch)
+            if shared:
+                torch.save(model.state_dict(), shared[1])
         images = [{"image": d["image"], "height": d["image"].shape[1], "width": d["image"].shape[2]} for d in batch]
         optimizer = build_optimizer(cfg, model)
         cuda_amp = precision == "amp" and device.startswith("cuda")
@@ -248,11 +279,12 @@ def _worker(
 
         def infer():
             with torch.no_grad(), autocast():
-                model([images[state["image"] % len(images)]])
+                state["last"] = model([images[state["image"] % len(images)]])[0]["instances"].to("cpu")
             state["image"] += 1
 
         conn.send(("ready", {"rss_idle_mib": rss_mib(), "parameters": sum(p.numel() for p in model.parameters()),
-                             "calibrated_frozen_bn": calibrated}))  # fmt: skip
+                             "calibrated_frozen_bn": calibrated, "shared_entries": shared_entries,
+                             "state_entries": len(model.state_dict())}))  # fmt: skip
         while True:
             command, arg = conn.recv()
             if command == "phase":  # a new peak-memory window: "train" or "inference"
@@ -266,6 +298,9 @@ def _worker(
                 conn.send(("ok", timed(infer, device)))
             elif command == "peak":
                 conn.send(("ok", peak_mib(device)))
+            elif command == "detections":  # of the last inference: boxes (XYXY_ABS), scores, classes
+                last = state["last"]
+                conn.send(("ok", (last.pred_boxes.tensor, last.scores, last.pred_classes)))
             else:
                 conn.send(("ok", None))
                 return
@@ -279,14 +314,12 @@ def _repeat(batch):
 
 
 class _Worker:
-    def __init__(
-        self, ctx, config_file: str, weights: Optional[str], device: str, batch_bytes: bytes, seed: int, threads: int,
-        precision: str = "float32",
-    ):
+    """A measuring process: ``target(conn, *args)`` (default :func:`_worker`), asked one command at
+    a time through a pipe; it answers ``("ready", info)`` once built."""
+
+    def __init__(self, ctx, *args, target=None):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker, args=(child, config_file, weights, device, batch_bytes, seed, threads, precision)
-        )
+        self.process = ctx.Process(target=target or _worker, args=(child, *args))
         self.process.start()
         self.info = self._answer()
 
@@ -365,9 +398,14 @@ def measure_pair(
     weights = {k: checkpoint_for(c, checkpoints) if pair.suite == "FashionScenes" else None for k, c in configs.items()}
     ctx = multiprocessing.get_context("spawn")
     workers: Dict[str, _Worker] = {}
+    share_dir = tempfile.TemporaryDirectory(prefix="libra_bench_")
+    shared_state = os.path.join(share_dir.name, "baseline.pth")
     try:
-        for key, config_file in configs.items():
-            workers[key] = _Worker(ctx, config_file, weights[key], device, batch_bytes, seed, threads, precision)
+        for key, config_file in configs.items():  # the baseline first: the Libra model loads its weights
+            shared = (("save" if key == "baseline" else "load"), shared_state)
+            workers[key] = _Worker(
+                ctx, config_file, weights[key], device, batch_bytes, seed, threads, precision, shared
+            )
         result = {
             "suite": pair.suite,
             "device": device,
@@ -408,3 +446,4 @@ def measure_pair(
     finally:
         for w in workers.values():
             w.close()
+        share_dir.cleanup()
