@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from . import bfp, detectors, report, sampler
+from . import authors, bfp, detectors, flops, report, sampler
 from .common import devices, environment, load_average
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ DEFAULT_CHECKPOINTS = REPO / "output" / "runs"
 DOCS_BEGIN = "<!-- benchmarks:begin (written by python -m benchmarks --update-docs) -->"
 DOCS_END = "<!-- benchmarks:end -->"
 ACCURACY_TESTS = ("tests/test_sampling.py", "tests/test_bfp.py")
-PARTS = ["detectors", "sampler", "bfp", "non_local", "tests"]
+PARTS = ["detectors", "flops", "authors", "sampler", "bfp", "non_local", "tests"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -225,6 +225,19 @@ def main(argv=None) -> dict:
                                 precision=precision,
                             )
                         )
+        if "flops" in parts and device == "cpu" and "COCO size" in args.suites:
+            log("multiply-adds at COCO size")
+            results["flops"] = flops.measure_flops(args.families, args.seed, log)
+        if "authors" in parts and device == "cpu":
+            missing = authors.available()
+            if missing:
+                log(f"ours against mmdetection's Libra R-CNN: not measured, {missing}")
+            else:
+                log("Libra R-CNN R-50, ours against mmdetection's, on cpu")
+                results["authors"] = authors.measure_authors(
+                    args.coco_train_warmup, args.coco_train_repeats, args.coco_infer_warmup, args.coco_infer_repeats,
+                    args.seed, args.threads, log,
+                )
         if "sampler" in parts:
             log(f"sampler on {device}")
             measured = sampler.measure_samplers(
