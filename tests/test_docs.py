@@ -11,7 +11,7 @@ import libra_rcnn
 from conftest import REPO
 
 PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "projects" / "LibraRCNN" / "README.md",
-         *sorted((REPO / "docs").glob("*.md"))]  # fmt: skip
+         *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "reports").glob("*.md"))]  # fmt: skip
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
