@@ -4,7 +4,7 @@ mmdetection's own Libra R-CNN config (configs/libra_rcnn/libra-faster-rcnn_r50_f
 samples the RPN's anchors with ``RandomSampler(num=256, pos_fraction=0.5, neg_pos_ub=5)``: at
 most 5 negatives for each positive drawn (at least one), and its RPN losses are averaged over
 the anchors drawn. The paper does not mention it; on FashionScenes it is worth about +0.9 AP to
-Libra R-CNN (docs/reference_training.md).
+Libra R-CNN (docs/reports/reference_training.md).
 """
 from typing import List
 
