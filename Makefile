@@ -19,6 +19,6 @@ demo:
 test: setup reference slurm
 	$(PY) -m pytest -q
 
-# Rewrite every generated block of README.md and docs/*.md from the committed results.
+# Rewrite every generated block of README.md, docs/*.md and docs/reports/*.md from the committed results.
 docs: setup
 	$(PY) docs/generate.py

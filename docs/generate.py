@@ -60,7 +60,8 @@ Inline (one line, see above):
         ``max``, ``absmax`` (the largest absolute value), ``range`` ("0.79–0.80") or ``list``
         ("3435, 3384, 3472", in the file's order).
 
-    python docs/generate.py            rewrite every block of README.md and docs/*.md (make docs)
+    python docs/generate.py            rewrite every block of README.md, docs/*.md and docs/reports/*.md
+                                       (make docs)
     python docs/generate.py --check    exit 1, naming each block whose text differs from the
                                        results (the tests run it)
 """
@@ -486,7 +487,8 @@ def body_text(name: str, inline: bool) -> str:
 
 
 def pages() -> List[Path]:
-    return [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+    """The pages whose blocks are written: the README, the guides in docs/ and the reports in docs/reports/."""
+    return [REPO / "README.md", *sorted(DOCS.glob("*.md")), *sorted((DOCS / "reports").glob("*.md"))]
 
 
 def main(argv=None) -> int:

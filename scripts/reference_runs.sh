@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs of docs/reference_training.md, on the CPU, each resumable (run again: finished runs are
+# The runs of docs/reports/reference_training.md, on the CPU, each resumable (run again: finished runs are
 # skipped, killed ones resume from their checkpoint). mmdetection 3.3 on FashionScenes: Faster R-CNN
 # and Libra R-CNN at seeds 7, 8, 9, RetinaNet and Libra RetinaNet at seed 7, and Libra R-CNN without
 # its RPN bound; then the Detectron2 runs they are compared with. About 4 hours on 2 cores.
@@ -17,7 +17,7 @@ for seed in 7 8 9; do
 done
 run retinanet_R_18_FPN_GN 7
 run libra_retinanet_R_18_FPN_GN 7
-# One difference at a time, for the Libra R-CNN gap (docs/reference_training.md): mmdetection's
+# One difference at a time, for the Libra R-CNN gap (docs/reports/reference_training.md): mmdetection's
 # Libra R-CNN without the RPN's neg_pos_ub=5 of its own config.
 for seed in 7 8 9; do
   run libra_rcnn_R_18_FPN_GN_rpn_neg_pos_ub_off "$seed"

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO
 
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "reports").glob("*.md")),
+         REPO / "benchmarks" / "README.md"]  # fmt: skip
 # A command: `python -m package.module` or `python path/script.py` (any interpreter path before it).
 COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?python3?\s+(?:-W\s+\S+\s+)?(-m\s+[\w.]+|[\w./-]+\.py)(?=\s|$)(.*)")
 NOT_OURS = {"-m pytest", "-m pip", "-m venv", "-m torch.distributed.run"}

@@ -11,7 +11,7 @@ import libra_rcnn
 from conftest import REPO
 
 PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "projects" / "LibraRCNN" / "README.md",
-         *sorted((REPO / "docs").glob("*.md"))]  # fmt: skip
+         *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "reports").glob("*.md"))]  # fmt: skip
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -31,6 +31,20 @@ def test_readme_is_a_front_page():
     quickstart = text.split("## Quickstart for Detectron2 users")[1].split("## ")[0]
     assert len(quickstart.strip().splitlines()) <= 10, quickstart
     assert text.index("## Quickstart") < text.index("## The two commands") < text.index("## Installation")
+
+
+def linked_pages(page):
+    return {(page.parent / target.partition("#")[0]).resolve() for target in LINK.findall(page.read_text())
+            if "://" not in target and not target.startswith("#")}  # fmt: skip
+
+
+def test_the_index_links_every_guide_and_every_report():
+    """The README's documentation index names every page of docs/, and the reports' index every report."""
+    from_readme = linked_pages(REPO / "README.md")
+    reports = REPO / "docs" / "reports"
+    assert {p.resolve() for p in (REPO / "docs").glob("*.md")} <= from_readme
+    assert (reports / "README.md").resolve() in from_readme
+    assert {p.resolve() for p in reports.glob("*.md") if p.name != "README.md"} <= linked_pages(reports / "README.md")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))

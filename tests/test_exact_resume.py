@@ -1,5 +1,5 @@
 """Exact resume: a run killed between two checkpoints and resumed ends with the same model, bit
-for bit, as the run that was never stopped, and logs the same losses (docs/distributed.md#exact-resume)."""
+for bit, as the run that was never stopped, and logs the same losses (docs/reports/distributed.md#tested-in-ci)."""
 import itertools
 import json
 import os

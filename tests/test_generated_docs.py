@@ -53,6 +53,13 @@ def test_every_generated_block_matches_the_committed_results():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_every_page_with_a_generated_block_is_one_the_script_rewrites(generate):
+    written = set(generate.pages())
+    pages = [REPO / "README.md", *(p for p in (REPO / "docs").rglob("*.md") if "results" not in p.relative_to(REPO).parts)]
+    marked = {page for page in pages if "<!-- generated: " in page.read_text()}
+    assert marked and marked <= written, sorted(str(p.relative_to(REPO)) for p in marked - written)
+
+
 def test_a_hand_edited_figure_is_caught(tmp_path, monkeypatch, generate):
     page = tmp_path / "page.md"
     body = generate.block_text("table2_decomposition")

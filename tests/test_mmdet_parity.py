@@ -1,4 +1,4 @@
-"""Converted mmdetection checkpoints compute what mmdetection computes (docs/pretrained_mmdet.md).
+"""Converted mmdetection checkpoints compute what mmdetection computes (docs/reports/mmdet_parity.md).
 
 mmdetection 3.3 (benchmarks/setup_reference_env.sh, prepared by .ci/run) builds each model from
 the config it ships, with random non-degenerate weights (every weight, bias and batch-norm

@@ -1,4 +1,4 @@
-"""A study of one's own config (python -m libra_rcnn.ablation --study, docs/your_data_study.md): the
+"""A study of one's own config (python -m libra_rcnn.ablation --study, docs/own_data.md): the
 derived rows, each one switch from the row above; the table, verdicts and diagnosis of a short study
 on a small COCO export; bad studies stopped in one line."""
 import argparse

@@ -5,7 +5,7 @@
 - ``configs/``: mmengine configs that mirror ``configs/FashionScenes/`` key by key;
 - :mod:`.train`: one resumable run (train, then mmdetection's ``CocoMetric``);
 - :mod:`.compare`: a trained run converted to Detectron2 and evaluated by ``train_net.py``;
-- :mod:`.table`: the side-by-side tables of docs/reference_training.md.
+- :mod:`.table`: the side-by-side tables of docs/reports/reference_training.md.
 
 Run with the project's interpreter (``.venv/bin/python -m benchmarks.reference.train ...``).
 """

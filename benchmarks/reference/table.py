@@ -1,4 +1,4 @@
-"""Side-by-side tables of our runs and the reference's on FashionScenes (docs/reference_training.md).
+"""Side-by-side tables of our runs and the reference's on FashionScenes (docs/reports/reference_training.md).
 
     .venv/bin/python -m benchmarks.reference.table
 
@@ -229,7 +229,7 @@ def plot_losses(ours_root: Path, theirs_root: Path, path: Path) -> None:
     plt.close(fig)
 
 
-DOCS_PAGE = REPO / "docs" / "reference_training.md"
+DOCS_PAGE = REPO / "docs" / "reports" / "reference_training.md"
 BEGIN, END = "<!-- reference-tables:begin -->", "<!-- reference-tables:end -->"
 
 
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reference.table", description=__doc__.split("\n")[0])
     parser.add_argument("--ours", default=str(REPO / "docs/results/runs"), help="our run folders")
     parser.add_argument("--theirs", default=str(REPO / "docs/results/reference"), help="mmdetection's run folders")
-    parser.add_argument("--update-docs", action="store_true", help="copy the tables into docs/reference_training.md")
+    parser.add_argument("--update-docs", action="store_true", help="copy the tables into docs/reports/reference_training.md")
     args = parser.parse_args(argv)
     ours_root, theirs_root = Path(args.ours), Path(args.theirs)
     runs = load_runs(ours_root, theirs_root)

@@ -1,6 +1,6 @@
 # Shared settings of the reference (mmdetection 3.3) runs on FashionScenes: the data, schedule and
 # runtime of configs/FashionScenes/Base-FashionScenes.yaml, in mmengine's words. Every value that
-# mirrors one of our keys names it; docs/reference_training.md lists what cannot be mirrored.
+# mirrors one of our keys names it; docs/reports/reference_training.md lists what cannot be mirrored.
 # No `import` statements: mmengine would parse the file as a "lazy import" config.
 data_root = '{{$FASHION_SCENES:datasets/fashion_scenes}}/'
 classes = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',

@@ -6,7 +6,7 @@ model = dict(
     data_preprocessor={{_base_.data_preprocessor}},
     backbone=dict(_base_.backbone, out_indices=(1, 2, 3)),
     # P6 from C5 (add_extra_convs='on_input'), as Detectron2's build_retinanet_resnet_fpn_backbone.
-    # Not mirrored (docs/reference_training.md): Detectron2 applies a ReLU before P7 and no norm to
+    # Not mirrored (docs/reports/reference_training.md): Detectron2 applies a ReLU before P7 and no norm to
     # P6/P7; mmdetection's RetinaNet applies no ReLU and the FPN's GroupNorm to both.
     neck=dict(
         type='FPN',

@@ -1,4 +1,4 @@
-"""Which imbalance a dataset has: the diagnosis a study writes beside its table (docs/your_data_study.md).
+"""Which imbalance a dataset has: the diagnosis a study writes beside its table (docs/own_data.md, step 5).
 
 Three pictures, each with one sentence on what it means for the component it concerns:
 

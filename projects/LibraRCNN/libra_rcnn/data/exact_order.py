@@ -28,7 +28,7 @@ Here the same pieces are arranged so that nothing depends on the past of the pro
 A run's batches therefore depend on the seed, the world size, the batch size and the records,
 not on the number of workers, and :meth:`ExactOrderLoader.start_at` makes the next batch any
 batch of the plan. :class:`libra_rcnn.engine.position.TrainingPosition` saves the seed in each
-checkpoint and calls ``start_at`` on resume. docs/distributed.md#exact-resume.
+checkpoint and calls ``start_at`` on resume. docs/reports/distributed.md#how-a-resumed-run-finds-its-place.
 """
 import itertools
 import logging

@@ -13,7 +13,7 @@ uninterrupted one would have: the data position, the random generators and the l
   storage on resume, so that the medians Detectron2's writers log are those of an uninterrupted
   run; TensorBoard drops the steps past the checkpoint (:class:`TensorboardFromStart`).
 
-docs/distributed.md#exact-resume.
+docs/reports/distributed.md#how-a-resumed-run-finds-its-place.
 """
 import logging
 import random
