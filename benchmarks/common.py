@@ -9,7 +9,9 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -127,3 +129,14 @@ def environment() -> Dict[str, object]:
         "git_commit": _git_commit(),
         "libra_rcnn": os.path.relpath(os.path.dirname(libra_rcnn.__file__)),
     }
+
+
+def regenerate_docs() -> None:
+    """``python docs/generate.py``: every generated block of the README and docs rewritten from the
+    committed results, the reports just written included (``make docs``).
+
+    Raises:
+        subprocess.CalledProcessError: if the script fails.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "docs" / "generate.py")], check=True, cwd=repo)

@@ -3,14 +3,14 @@
     .venv/bin/python -m benchmarks            # about 15 min on a 2-core CPU
 
 writes ``benchmarks/results/results.json`` (every figure, the raw times included) and
-``benchmarks/results/results.md`` (the tables); ``--update-docs`` also copies the tables
-into docs/benchmarks.md, between its markers. See benchmarks/README.md.
+``benchmarks/results/results.md`` (the tables); ``--update-docs`` then rewrites the docs'
+generated blocks (``make docs``), docs/benchmarks.md's copy of results.md among them. See
+benchmarks/README.md.
 """
 
 import argparse
 import datetime
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -20,13 +20,10 @@ from typing import Optional
 import torch
 
 from . import authors, bfp, detectors, flops, report, sampler
-from .common import devices, environment, load_average
+from .common import devices, environment, load_average, regenerate_docs
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS_PAGE = REPO / "docs" / "benchmarks.md"
 DEFAULT_CHECKPOINTS = REPO / "output" / "runs"
-DOCS_BEGIN = "<!-- benchmarks:begin (written by python -m benchmarks --update-docs) -->"
-DOCS_END = "<!-- benchmarks:end -->"
 ACCURACY_TESTS = ("tests/test_sampling.py", "tests/test_bfp.py")
 PARTS = ["detectors", "flops", "authors", "sampler", "bfp", "non_local", "tests"]
 
@@ -87,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bfp-batch", type=int, default=1)
     g.add_argument("--bfp-warmup", type=int, default=1)
     g.add_argument("--bfp-repeats", type=int, default=5)
-    p.add_argument("--update-docs", action="store_true", help="copy results.md into docs/benchmarks.md's marked part")
+    p.add_argument("--update-docs", action="store_true",
+                   help="then rewrite the docs' generated blocks (make docs): docs/benchmarks.md shows results.md")  # fmt: skip
     args = p.parse_args(argv)
     for name in ("threads", "fashion_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
                  "infer_repeats", "coco_infer_repeats", "sampler_repeats", "bfp_batch", "bfp_repeats"):  # fmt: skip
@@ -163,19 +161,6 @@ def run_tests(log) -> dict:
         lines = [l for l in proc.stdout.strip().splitlines() if l.strip()]
         outcomes[path] = {"passed": proc.returncode == 0, "summary": lines[-1].strip("= ") if lines else "no output"}
     return outcomes
-
-
-def update_docs(markdown: str, page: Path = DOCS_PAGE) -> None:
-    """Replaces the text between the benchmark markers of ``page`` with ``markdown``.
-
-    Raises:
-        ValueError: if the page has no such markers.
-    """
-    text = page.read_text()
-    pattern = re.compile(re.escape(DOCS_BEGIN) + r".*?" + re.escape(DOCS_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{page} has no '{DOCS_BEGIN}' ... '{DOCS_END}' section to update")
-    page.write_text(pattern.sub(lambda _: f"{DOCS_BEGIN}\n{markdown}{DOCS_END}", text))
 
 
 def main(argv=None) -> dict:
@@ -266,7 +251,7 @@ def main(argv=None) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown)
     if args.update_docs:
-        update_docs(markdown)
+        regenerate_docs()
     log(markdown)
     log(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return results

@@ -44,6 +44,9 @@ Blocks:
                              mean ± sample std over its seeds
     ``resume_position PATH`` the seconds to find a resumed iteration's batch, per layout and
                              iteration (``python -m benchmarks.resume_position``), as a table
+    ``report PATH``          a Markdown report a command wrote (``python -m benchmarks``'s
+                             results.md, ``benchmarks.reference.table``'s equivalence.md) as it
+                             is, its headings one level deeper
 
 Inline (one line, see above):
     ``value PATH FIELD [FORMAT [REDUCER]]``
@@ -439,6 +442,12 @@ def _value(arg: str) -> str:
     return reducers[reducer](values if reducer == "list" else numbers)
 
 
+def _report(path: str) -> str:
+    """A committed Markdown report, its headings one level deeper (it sits under the page's own)."""
+    lines = (DOCS / path).read_text().splitlines()
+    return "\n".join("#" + line if line.startswith("#") else line for line in lines).strip("\n") + "\n"
+
+
 def _resume_position(path: str) -> str:
     """The seconds to find a resumed iteration's batch (benchmarks.resume_position), as a table."""
     result = json.loads((DOCS / path).read_text())
@@ -465,7 +474,7 @@ def block_text(name: str) -> str:
         return _log_lines(arg)
     with_arg = {"verdicts": _verdicts, "study_power": _study_power, "diagnosis": _diagnosis, "value": _value,
                 "paired_steps": _paired_steps, "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients,
-                "resume_position": _resume_position}
+                "resume_position": _resume_position, "report": _report}
     if kind in with_arg:
         return with_arg[kind](arg)
     if kind not in generators:

@@ -158,22 +158,6 @@ def test_markdown_says_no_gpu_and_shows_the_measured_ratio():
     assert "**missed** (missed by 0.2x)" in text
 
 
-def test_update_docs_replaces_only_the_marked_section(tmp_path):
-    page = tmp_path / "benchmarks.md"
-    page.write_text(f"# Title\n\n## Benchmarks\n{run.DOCS_BEGIN}\nold table\n{run.DOCS_END}\n\n## Layout\n")
-    run.update_docs("| new | table |\n", page)
-    assert (
-        page.read_text()
-        == f"# Title\n\n## Benchmarks\n{run.DOCS_BEGIN}\n| new | table |\n{run.DOCS_END}\n\n## Layout\n"
-    )
-    page.write_text("# no markers\n")
-    with pytest.raises(ValueError, match="no .* section"):
-        run.update_docs("x", page)
-    # The page that --update-docs writes has its markers, in order.
-    text = run.DOCS_PAGE.read_text()
-    assert 0 <= text.find(run.DOCS_BEGIN) < text.find(run.DOCS_END)
-
-
 def test_bad_counts_are_refused_naming_the_option():
     with pytest.raises(SystemExit):
         run.parse_args(["--coco-train-repeats", "0"])

@@ -159,3 +159,11 @@ def test_resume_position_writes_one_row_per_layout_and_iteration(results, genera
     assert lines[2:4] == ["| 1 x 16 | 10,000 | 0.032 |", "| 8 x 2 | 90,000 | 1.235 |"]
     assert lines[5].startswith("Median of 5, 117,266 records, on AMD EPYC (2 threads, torch 2.14.1), 2026-12-07, "
                                "commit abc1234; reading the records' orientation when the loader is built took 0.72 s.")  # fmt: skip
+
+
+def test_a_report_is_copied_with_its_headings_one_level_deeper(results, generate):
+    (results / "report.md").write_text("Measured on a CPU.\n\n## Tables\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n")
+    assert generate.block_text("report report.md") == "Measured on a CPU.\n\n### Tables\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    # The benchmark page shows the committed report of `python -m benchmarks`, all of it.
+    page = (REPO / "docs" / "benchmarks.md").read_text()
+    assert "<!-- generated: report ../benchmarks/results/results.md -->" in page

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 from libra_rcnn.ablation import mean_std, paired_difference, welch_difference
 
+from ..common import regenerate_docs
 from .train import METRICS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,28 +230,13 @@ def plot_losses(ours_root: Path, theirs_root: Path, path: Path) -> None:
     plt.close(fig)
 
 
-DOCS_PAGE = REPO / "docs" / "reports" / "reference_training.md"
-BEGIN, END = "<!-- reference-tables:begin -->", "<!-- reference-tables:end -->"
-
-
-def update_docs(markdown: str, page: Path = DOCS_PAGE) -> None:
-    """Replace the part of ``page`` between the reference-table markers with ``markdown``.
-
-    Raises:
-        ValueError: if the page lacks the markers.
-    """
-    text = page.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{page} has no {BEGIN} ... {END} part")
-    head, rest = text.split(BEGIN, 1)
-    page.write_text(head + BEGIN + "\n" + markdown.strip() + "\n" + END + rest.split(END, 1)[1])
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reference.table", description=__doc__.split("\n")[0])
     parser.add_argument("--ours", default=str(REPO / "docs/results/runs"), help="our run folders")
     parser.add_argument("--theirs", default=str(REPO / "docs/results/reference"), help="mmdetection's run folders")
-    parser.add_argument("--update-docs", action="store_true", help="copy the tables into docs/reports/reference_training.md")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="then rewrite the docs' generated blocks (make docs): docs/reports/reference_training.md "
+                             "shows equivalence.md")  # fmt: skip
     args = parser.parse_args(argv)
     ours_root, theirs_root = Path(args.ours), Path(args.theirs)
     runs = load_runs(ours_root, theirs_root)
@@ -265,7 +251,7 @@ def main(argv=None) -> int:
                                                              indent=1, default=str) + "\n")  # fmt: skip
     plot_losses(ours_root, theirs_root, theirs_root / "loss_curves.png")
     if args.update_docs:
-        update_docs(text.replace("## ", "### "))
+        regenerate_docs()
     print(text)
     return 0
 
