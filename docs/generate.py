@@ -44,6 +44,9 @@ Blocks:
                              mean ± sample std over its seeds
     ``resume_position PATH`` the seconds to find a resumed iteration's batch, per layout and
                              iteration (``python -m benchmarks.resume_position``), as a table
+    ``same_rows PATH PATH``  two ablation-runner JSON results of the same rows (in the same order),
+                             row by row: AP mean ± sample std of each, their difference and
+                             Welch's t-test (independent runs: their seeds do not pair)
     ``report PATH``          a Markdown report a command wrote (``python -m benchmarks``'s
                              results.md, ``benchmarks.reference.table``'s equivalence.md) as it
                              is, its headings one level deeper
@@ -308,6 +311,20 @@ def _paired_steps(arg: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _same_rows(arg: str) -> str:
+    """Two runner results of the same rows, row by row: AP of each, and Welch's t-test of the difference."""
+    first, second = (json.loads((DOCS / path).read_text())["rows"] for path in arg.split())
+    if len(first) != len(second):
+        raise ValueError(f"same_rows {arg}: {len(first)} rows against {len(second)}")
+    lines = ["| row | AP | AP, other run | difference | p (Welch, two-sided) | within noise |", "|---|---|---|---|---|---|"]
+    for a, b in zip(first, second):
+        x, y = list(_seed_values(a, "AP").values()), list(_seed_values(b, "AP").values())
+        p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+        lines.append(f"| `{a['name']}` / `{b['name']}` | {_mean_std(x, '.1f')} | {_mean_std(y, '.1f')} "
+                     f"| {statistics.fmean(x) - statistics.fmean(y):+.1f} | {p:.2f} | {'yes' if p >= 0.05 else '**no**'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def _mean_std(values: List[float], fmt: str = ".3f") -> str:
     return f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
@@ -474,7 +491,7 @@ def block_text(name: str) -> str:
         return _log_lines(arg)
     with_arg = {"verdicts": _verdicts, "study_power": _study_power, "diagnosis": _diagnosis, "value": _value,
                 "paired_steps": _paired_steps, "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients,
-                "resume_position": _resume_position, "report": _report}
+                "resume_position": _resume_position, "report": _report, "same_rows": _same_rows}
     if kind in with_arg:
         return with_arg[kind](arg)
     if kind not in generators:
