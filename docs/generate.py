@@ -61,7 +61,8 @@ Inline (one line, see above):
         whose KEY, as text, matches the glob PATTERN). After a pattern, elements that lack a later
         key, and null and NaN values, are skipped. FORMAT is a Python format specification
         (``+.1f``, ``.3f``, ``d``); one that ends in ``%`` writes the value times 100 and `` %``
-        (``.0%``: 0.649 -> "65 %"); ``duration`` writes seconds as "9 min 1 s"; ``s`` or none, the
+        (``.0%``: 0.649 -> "65 %"); one that starts with ``G`` writes the value in units of 10^9
+        (``G.2f``: 10132684800 -> "10.13"); ``duration`` writes seconds as "9 min 1 s"; ``s`` or none, the
         value as it is. A field that matches several values needs a REDUCER: ``mean``, ``min``,
         ``max``, ``absmax`` (the largest absolute value), ``range`` ("0.79–0.80") or ``list``
         ("3435, 3384, 3472", in the file's order).
@@ -429,6 +430,8 @@ def _format(value, spec: str) -> str:
         return f"{minutes} min {seconds} s" if minutes and seconds else f"{minutes} min" if minutes else f"{seconds} s"
     if spec.endswith("%"):
         return format(100 * number, spec[:-1] + "f") + " %"
+    if spec.startswith("G"):
+        return format(number / 1e9, spec[1:])
     if spec.endswith("d") and isinstance(number, float) and number.is_integer():
         number = int(number)
     return format(number, spec)

@@ -179,3 +179,8 @@ def test_same_rows_compares_two_runs_of_the_same_rows_by_welchs_test(results, ge
     # Row a: 31.0 ± 1.0 against 32.0 ± 1.0: t = -1 / sqrt(2/3), df = 4, p = 0.29. Row b: 10 points apart.
     assert lines[2] == "| `a` / `a2` | 31.0 ± 1.0 | 32.0 ± 1.0 | -1.0 | 0.29 | yes |"
     assert lines[3].startswith("| `b` / `b2` | 40.5 ± 0.5 | 30.5 ± 0.5 | +10.0 | 0.00 | **no** |")
+
+
+def test_a_g_format_writes_units_of_a_billion(generate):
+    assert generate._format(10132684800, "G.2f") == "10.13"
+    assert generate._format("211450000000", "G.1f") == "211.4"
