@@ -30,8 +30,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .common import median, peak_mib, reset_peak, rss_mib, timed
-from .detectors import COCO_SIZE, _alternate, _Worker, make_batch
+from .common import peak_mib, reset_peak, rss_mib, timed
+from .detectors import COCO_SIZE, _Worker, make_batch, measure_phases, paired_ratios
 
 REPO = Path(__file__).resolve().parents[1]
 MMDET_CONFIG = "libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco"
@@ -193,29 +193,17 @@ def measure_authors(
             "batch_size": 1,
             "models": {k: dict(w.info) for k, w in workers.items()},
         }
-        for phase, command, warmup, repeats in (
-            ("inference", "infer", infer_warmup, infer_repeats),
-            ("train", "train", train_warmup, train_repeats),
-        ):
-            for w in workers.values():
-                w.ask("phase", phase)
+        def progress(phase):
             log(f"  Libra R-CNN R-50, ours vs mmdetection's, 1 x {COCO_SIZE[0]}x{COCO_SIZE[1]}: {phase} ...")
-            times = _alternate(workers, command, warmup, repeats)
-            for key, w in workers.items():
-                model = result["models"][key]
-                model[f"{command}_times_s"] = [round(t, 5) for t in times[key]]
-                model[f"{command}_s"] = median(times[key])
-                model[f"{command}_peak_mib"] = w.ask("peak")
-            if command == "infer":
+            if phase == "train":  # inference is over: its last detections
                 result["detections"] = same_detections(workers["ours"].ask("detections"),
                                                        workers["mmdetection"].ask("detections"))  # fmt: skip
+
+        measure_phases(workers, result["models"], {"infer": (infer_warmup, infer_repeats),
+                                                   "train": (train_warmup, train_repeats)}, progress)  # fmt: skip
         result["ratio"] = {k: result["models"]["ours"][k] / result["models"]["mmdetection"][k]
                            for k in ("train_s", "infer_s")}  # fmt: skip
-        result["paired_ratios"] = {
-            unit: sorted(o / t for o, t in zip(result["models"]["ours"][f"{unit}_times_s"],
-                                               result["models"]["mmdetection"][f"{unit}_times_s"]))
-            for unit in ("train", "infer")
-        }  # fmt: skip
+        result["paired_ratios"] = paired_ratios(result["models"]["ours"], result["models"]["mmdetection"])
         return result
     finally:
         for w in workers.values():

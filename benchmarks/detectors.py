@@ -355,6 +355,59 @@ def _alternate(workers: Dict[str, _Worker], command: str, warmup: int, repeats: 
     return times
 
 
+PHASES = {"infer": "inference", "train": "train"}
+
+
+def measure_phases(workers: Dict[str, "_Worker"], models: Dict[str, dict], counts: Dict[str, tuple], log) -> None:
+    """Inference, then training steps, of every worker, alternating (:func:`_alternate`).
+
+    ``counts``: ``{"infer": (warmup, repeats), "train": (warmup, repeats)}``. Writes into
+    ``models[key]`` (one dict per worker) ``{unit}_times_s``, the median ``{unit}_s`` and the
+    phase's ``{unit}_peak_mib``; ``log(phase)`` is called as each phase starts.
+    """
+    for unit, (warmup, repeats) in counts.items():
+        for w in workers.values():
+            w.ask("phase", PHASES[unit])
+        log(PHASES[unit])
+        times = _alternate(workers, unit, warmup, repeats)
+        for key, w in workers.items():
+            models[key][f"{unit}_times_s"] = [round(t, 5) for t in times[key]]
+            models[key][f"{unit}_s"] = median(times[key])
+            models[key][f"{unit}_peak_mib"] = w.ask("peak")
+
+
+def paired_ratios(model: dict, reference: dict) -> Dict[str, List[float]]:
+    """``model`` / ``reference`` of each round's pair of measurements, sorted, per unit: their
+    spread shows the noise of the ratio of the medians."""
+    return {unit: sorted(m / r for r, m in zip(reference[f"{unit}_times_s"], model[f"{unit}_times_s"]))
+            for unit in ("train", "infer")}  # fmt: skip
+
+
+def build_pair(pair: Pair, seed: int = 0):
+    """Both models of a COCO-size ``pair`` in this process, CPU, as the workers build them: the same
+    seed, the baseline's frozen BatchNorm calibrated, the Libra model with the baseline's common
+    weights (:func:`load_common_weights`).
+
+    Returns:
+        ([baseline, libra], batch): the models (training mode) and the pair's one-image batch.
+    """
+    from detectron2.modeling import build_model
+    from detectron2.utils.env import seed_all_rng
+
+    batch = make_batch(pair.baseline_config, pair.suite, 1, seed)
+    models, state = [], None
+    for config in (pair.baseline_config, pair.libra_config):
+        seed_all_rng(seed)
+        model = build_model(load_config(config, "cpu"))
+        if state is None:
+            calibrate_frozen_batchnorm(model, batch)
+            state = model.state_dict()
+        else:
+            load_common_weights(model, state)
+        models.append(model)
+    return models, batch
+
+
 def measure_pair(
     pair: Pair,
     device: str,
@@ -418,30 +471,15 @@ def measure_pair(
             "input_hw": list(batch[0]["image"].shape[1:]),
             "models": {k: dict(w.info) for k, w in workers.items()},
         }
-        for phase, command, warmup, repeats, unit in (
-            ("inference", "infer", infer_warmup, infer_repeats, "infer"),
-            ("train", "train", train_warmup, train_repeats, "train"),
-        ):
-            for w in workers.values():
-                w.ask("phase", phase)
-            log(f"  {pair.suite} {pair.baseline_name} vs {pair.libra_name} on {device}, {precision}, "
-                f"batch {batch_size}: {phase} ...")
-            times = _alternate(workers, command, warmup, repeats)
-            for key, w in workers.items():
-                model = result["models"][key]
-                model[f"{unit}_times_s"] = [round(t, 5) for t in times[key]]
-                model[f"{unit}_s"] = median(times[key])
-                model[f"{unit}_peak_mib"] = w.ask("peak")
+        measure_phases(workers, result["models"], {"infer": (infer_warmup, infer_repeats),
+                                                   "train": (train_warmup, train_repeats)},
+                       lambda phase: log(f"  {pair.suite} {pair.baseline_name} vs {pair.libra_name} on {device}, "
+                                         f"{precision}, batch {batch_size}: {phase} ..."))  # fmt: skip
         result["ratio"] = {
             k: result["models"]["libra"][k] / result["models"]["baseline"][k]
             for k in ("train_s", "infer_s", "train_peak_mib", "infer_peak_mib")
         }
-        # Libra / baseline of each round's pair of measurements: their spread shows the noise.
-        result["paired_ratios"] = {
-            unit: sorted(l / b for b, l in zip(result["models"]["baseline"][f"{unit}_times_s"],
-                                               result["models"]["libra"][f"{unit}_times_s"]))
-            for unit in ("train", "infer")
-        }  # fmt: skip
+        result["paired_ratios"] = paired_ratios(result["models"]["libra"], result["models"]["baseline"])
         return result
     finally:
         for w in workers.values():

@@ -16,7 +16,7 @@ from typing import List
 
 import torch
 
-from .detectors import PAIRS, load_config, load_common_weights, make_batch, calibrate_frozen_batchnorm
+from .detectors import PAIRS, build_pair
 
 MODULES = ("backbone", "backbone.refine", "proposal_generator", "roi_heads", "head")
 
@@ -46,21 +46,12 @@ def count_pair(pair, seed: int = 0) -> dict:
         dict: ``baseline`` and ``libra``, each ``{"total": int, "modules": {name: int}}``, and
         ``ratio`` (Libra / baseline of the totals).
     """
-    from detectron2.modeling import build_model
     from detectron2.utils.analysis import FlopCountAnalysis
-    from detectron2.utils.env import seed_all_rng
 
-    batch = make_batch(pair.baseline_config, pair.suite, 1, seed)
+    models, batch = build_pair(pair, seed)
     image = [{"image": batch[0]["image"], "height": batch[0]["image"].shape[1], "width": batch[0]["image"].shape[2]}]
-    result, baseline_state = {}, None
-    for key, config in (("baseline", pair.baseline_config), ("libra", pair.libra_config)):
-        seed_all_rng(seed)
-        model = build_model(load_config(config, "cpu"))
-        if baseline_state is None:
-            calibrate_frozen_batchnorm(model, batch)
-            baseline_state = model.state_dict()
-        else:
-            load_common_weights(model, baseline_state)
+    result = {}
+    for key, model in zip(("baseline", "libra"), models):
         model.eval()
         counter = FlopCountAnalysis(model, image).set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
         counter.unsupported_ops_warnings(False)
