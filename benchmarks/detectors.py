@@ -383,6 +383,41 @@ def paired_ratios(model: dict, reference: dict) -> Dict[str, List[float]]:
             for unit in ("train", "infer")}  # fmt: skip
 
 
+def over_processes(runs: List[dict], model: str, reference: str, keys=("train_s", "infer_s")) -> dict:
+    """One result from ``runs`` of the same measurement, each with fresh worker processes.
+
+    On a CPU the time of a process depends on its own history (how its allocator serves large
+    tensors), so two runs of the same pair can differ by more than the rounds within one run.
+    The combined result keeps the first run's description; per model, each ``{unit}_s`` and
+    peak is the median over the runs and the raw times are concatenated; ``ratio[k]`` is the
+    median over the runs of each run's ratio, ``process_ratios[k]`` all of them, sorted; and
+    ``paired_ratios`` pools the rounds of every run.
+
+    Args:
+        runs: results of :func:`measure_pair` (``model="libra"``, ``reference="baseline"``) or of
+            ``benchmarks.authors.measure_authors`` (``"ours"``, ``"mmdetection"``).
+    """
+    if len(runs) == 1:
+        return {**runs[0], "process_ratios": {k: [runs[0]["ratio"][k]] for k in runs[0]["ratio"]}}
+    combined = dict(runs[0])
+    combined["models"] = {}
+    for key in (model, reference):
+        merged = dict(runs[0]["models"][key])
+        for field, value in runs[0]["models"][key].items():
+            values = [r["models"][key][field] for r in runs]
+            if field.endswith("_times_s"):
+                merged[field] = [t for v in values for t in v]
+            elif isinstance(value, float):
+                merged[field] = median(values)
+        combined["models"][key] = merged
+    combined["process_ratios"] = {k: sorted(r["ratio"][k] for r in runs) for k in runs[0]["ratio"]}
+    combined["ratio"] = {k: median(v) for k, v in combined["process_ratios"].items()}
+    combined["paired_ratios"] = {unit: sorted(x for r in runs for x in r["paired_ratios"][unit])
+                                 for unit in runs[0]["paired_ratios"]}  # fmt: skip
+    combined["processes"] = len(runs)
+    return combined
+
+
 def build_pair(pair: Pair, seed: int = 0):
     """Both models of a COCO-size ``pair`` in this process, CPU, as the workers build them: the same
     seed, the baseline's frozen BatchNorm calibrated, the Libra model with the baseline's common

@@ -32,7 +32,8 @@ def check_targets(results: dict) -> List[dict]:
             ("infer_s", "infer", INFER_RATIO_MAX, "inference"),
         ):
             ratio = pair["ratio"][key]
-            measured = _fmt_ratio(ratio) + _spread(pair.get("paired_ratios", {}).get(unit))
+            measured = _fmt_ratio(ratio) + _spread(pair.get("paired_ratios", {}).get(unit),
+                                                   pair.get("process_ratios", {}).get(key))
             rows.append(_row(f"{what} {label} <= {bar:.2f}x", measured, ratio <= bar, ratio - bar, "x"))
         if pair["suite"] == "COCO size":
             ratio = pair["ratio"]["train_peak_mib"]
@@ -51,7 +52,8 @@ def check_targets(results: dict) -> List[dict]:
             ratio = authors["ratio"][key]
             rows.append(_row(
                 f"{what} ours / mmdetection's Libra R-CNN R-50 (COCO size, cpu, same weights) <= {AUTHORS_RATIO_MAX:.2f}x",
-                _fmt_ratio(ratio) + _spread(authors["paired_ratios"][unit]), ratio <= AUTHORS_RATIO_MAX,
+                _fmt_ratio(ratio) + _spread(authors["paired_ratios"][unit], authors.get("process_ratios", {}).get(key)),
+                ratio <= AUTHORS_RATIO_MAX,
                 ratio - AUTHORS_RATIO_MAX, "x",
             ))  # fmt: skip
     sampler_rows = [r for r in results.get("sampler", {}).get("rows", []) if r["batch"] == SAMPLER_TARGET_BATCH]
@@ -97,14 +99,17 @@ def check_targets(results: dict) -> List[dict]:
     return rows
 
 
-def _spread(ratios) -> str:
-    """`` (rounds: Q1–Q3)``: the middle half of the per-round Libra / baseline ratios, the noise of
-    the median ratio; empty without them."""
-    if not ratios or len(ratios) < 4:
-        return ""
-    r = sorted(ratios)
-    q1, q3 = r[(len(r) - 1) // 4], r[(3 * (len(r) - 1) + 3) // 4]
-    return f" (rounds: {q1:.3f}–{q3:.3f})"
+def _spread(ratios, processes=None) -> str:
+    """`` (rounds: Q1–Q3; processes: min–max)``: the middle half of the per-round ratios, the noise
+    within a run, and, measured more than once with fresh processes, the range of the runs'
+    ratios, the noise between runs; empty without them."""
+    parts = []
+    if ratios and len(ratios) >= 4:
+        r = sorted(ratios)
+        parts.append(f"rounds: {r[(len(r) - 1) // 4]:.3f}–{r[(3 * (len(r) - 1) + 3) // 4]:.3f}")
+    if processes and len(processes) > 1:
+        parts.append(f"{len(processes)} processes: {min(processes):.3f}–{max(processes):.3f}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _row(target: str, measured: str, met: bool, excess: float, unit: str) -> dict:
@@ -214,7 +219,7 @@ def to_markdown(results: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for key, unit, what in (("train_s", "train", "training step, s"), ("infer_s", "infer", "inference, s/image")):
-            spread = _spread(authors["paired_ratios"][unit]).strip(" ()").replace("rounds: ", "")
+            spread = _spread(authors["paired_ratios"][unit]).strip(" ()").replace("rounds: ", "")  # rounds only
             lines.append(f"| {what} | {t[key]:.3f} | {o[key]:.3f} | {_fmt_ratio(authors['ratio'][key])} | {spread} |")
 
     sampler = results.get("sampler")

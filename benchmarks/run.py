@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--families", nargs="+", choices=["rcnn", "retinanet"], default=["rcnn", "retinanet"],
                    help="detector pairs: Faster R-CNN vs Libra R-CNN, RetinaNet vs Libra RetinaNet")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--processes", type=int, default=1,
+                   help="measure each detector pair (and ours against mmdetection's) this many times, each with "
+                        "fresh worker processes; its ratios are the median over them")  # fmt: skip
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads of every measuring process (default: torch's, one per core)")  # fmt: skip
     g = p.add_argument_group("detectors")
@@ -87,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--update-docs", action="store_true",
                    help="then rewrite the docs' generated blocks (make docs): docs/benchmarks.md shows results.md")  # fmt: skip
     args = p.parse_args(argv)
-    for name in ("threads", "fashion_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
+    for name in ("threads", "processes", "fashion_batch", "coco_batch_cpu", "train_repeats", "coco_train_repeats",
                  "infer_repeats", "coco_infer_repeats", "sampler_repeats", "bfp_batch", "bfp_repeats"):  # fmt: skip
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -194,7 +197,7 @@ def main(argv=None) -> dict:
                 batches = ([args.coco_batch_cpu] if device == "cpu" else args.coco_batch) if coco else [args.fashion_batch]
                 for batch_size in batches:
                     for precision in args.precision:
-                        results.setdefault("detectors", []).append(
+                        runs = [
                             detectors.measure_pair(
                                 pair,
                                 device,
@@ -209,7 +212,9 @@ def main(argv=None) -> dict:
                                 log=log,
                                 precision=precision,
                             )
-                        )
+                            for _ in range(args.processes)
+                        ]
+                        results.setdefault("detectors", []).append(detectors.over_processes(runs, "libra", "baseline"))
         if "flops" in parts and device == "cpu" and "COCO size" in args.suites:
             log("multiply-adds at COCO size")
             results["flops"] = flops.measure_flops(args.families, args.seed, log)
@@ -219,10 +224,12 @@ def main(argv=None) -> dict:
                 log(f"ours against mmdetection's Libra R-CNN: not measured, {missing}")
             else:
                 log("Libra R-CNN R-50, ours against mmdetection's, on cpu")
-                results["authors"] = authors.measure_authors(
-                    args.coco_train_warmup, args.coco_train_repeats, args.coco_infer_warmup, args.coco_infer_repeats,
-                    args.seed, args.threads, log,
-                )
+                runs = [
+                    authors.measure_authors(args.coco_train_warmup, args.coco_train_repeats, args.coco_infer_warmup,
+                                            args.coco_infer_repeats, args.seed, args.threads, log)
+                    for _ in range(args.processes)
+                ]  # fmt: skip
+                results["authors"] = detectors.over_processes(runs, "ours", "mmdetection")
         if "sampler" in parts:
             log(f"sampler on {device}")
             measured = sampler.measure_samplers(

@@ -283,3 +283,25 @@ def test_the_non_local_blocks_multiply_adds_are_counted_as_the_formula_says():
     assert counter.total() == flops.non_local_macs(5, 7, 8)
     # At P4 of an 800 x 1344 input: 1.10 G + 9.03 G.
     assert round(flops.non_local_macs(50, 84, 256) / 1e9, 2) == 10.13
+
+
+def test_runs_with_fresh_processes_combine_into_the_median_ratio():
+    def run(train, infer, rounds):
+        result = pair_result(train=train, infer=infer)
+        for key, (t, i) in zip(("baseline", "libra"), zip(train, infer)):
+            result["models"][key]["train_times_s"] = [t] * rounds
+        result["paired_ratios"] = {"train": [train[1] / train[0]] * rounds, "infer": [infer[1] / infer[0]] * rounds}
+        return result
+
+    runs = [run((1.0, 1.10), (1.0, 1.00), 2), run((2.0, 2.04), (1.0, 1.20), 2), run((1.0, 1.02), (1.0, 1.04), 2)]
+    combined = detectors.over_processes(runs, "libra", "baseline")
+    assert combined["process_ratios"]["train_s"] == pytest.approx([1.02, 1.02, 1.10])
+    assert combined["ratio"]["train_s"] == pytest.approx(1.02)  # the median of the runs' ratios
+    assert combined["ratio"]["infer_s"] == pytest.approx(1.04)
+    assert combined["models"]["baseline"]["train_s"] == 1.0  # median of 1.0, 2.0, 1.0
+    assert combined["models"]["libra"]["train_times_s"] == [1.10, 1.10, 2.04, 2.04, 1.02, 1.02]
+    assert len(combined["paired_ratios"]["train"]) == 6 and combined["processes"] == 3
+    (row,) = [r for r in report.check_targets({"detectors": [combined]}) if r["target"].startswith("training")]
+    assert row["measured"] == "1.020x (rounds: 1.020–1.100; 3 processes: 1.020–1.100)"
+    # One run is kept as it is.
+    assert detectors.over_processes(runs[:1], "libra", "baseline")["ratio"] == runs[0]["ratio"]
