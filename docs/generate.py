@@ -482,26 +482,30 @@ def _resume_position(path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Block kinds that take an argument (the rest of the block's name), and those that take none.
+WITH_ARGUMENT: Dict[str, Callable[[str], str]] = {
+    "table": _table, "coco_ap": _coco_ap, "log_lines": _log_lines, "value": _value, "verdicts": _verdicts,
+    "study_power": _study_power, "diagnosis": _diagnosis, "paired_steps": _paired_steps,
+    "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients, "resume_position": _resume_position,
+    "report": _report, "same_rows": _same_rows,
+}  # fmt: skip
+WITHOUT_ARGUMENT: Dict[str, Callable[[], str]] = {"table2_decomposition": _decomposition, "models": _models,
+                                                  "demo_ap": _demo_ap}  # fmt: skip
+
+
 def block_text(name: str) -> str:
-    """The text of the block ``name`` (see the module docstring)."""
+    """The text of the block ``name`` (see the module docstring).
+
+    Raises:
+        KeyError: for a block kind this script does not know, naming the known ones.
+    """
     kind, _, arg = name.partition(" ")
-    generators: Dict[str, Callable[[], str]] = {"table2_decomposition": _decomposition, "models": _models, "demo_ap": _demo_ap}
-    if kind == "table":
-        return _table(arg)
-    if kind == "coco_ap":
-        return _coco_ap(arg)
-    if kind == "log_lines":
-        return _log_lines(arg)
-    with_arg = {"verdicts": _verdicts, "study_power": _study_power, "diagnosis": _diagnosis, "value": _value,
-                "paired_steps": _paired_steps, "grad_shares": _grad_shares, "inlier_gradients": _inlier_gradients,
-                "resume_position": _resume_position, "report": _report, "same_rows": _same_rows}
-    if kind in with_arg:
-        return with_arg[kind](arg)
-    if kind not in generators:
-        raise KeyError(f"unknown generated block {name!r} (known: table PATH, coco_ap PATH, log_lines PATH REGEX, "
-                       f"value PATH FIELD [FORMAT [REDUCER]], {', '.join(k + ' ...' for k in with_arg if k != 'value')}, "
-                       f"{', '.join(generators)})")  # fmt: skip
-    return generators[kind]()
+    if kind in WITH_ARGUMENT:
+        return WITH_ARGUMENT[kind](arg)
+    if kind in WITHOUT_ARGUMENT:
+        return WITHOUT_ARGUMENT[kind]()
+    known = [f"{k} ..." for k in WITH_ARGUMENT] + list(WITHOUT_ARGUMENT)
+    raise KeyError(f"unknown generated block {name!r} (known: {', '.join(known)})")
 
 
 def body_text(name: str, inline: bool) -> str:

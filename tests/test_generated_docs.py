@@ -184,3 +184,8 @@ def test_same_rows_compares_two_runs_of_the_same_rows_by_welchs_test(results, ge
 def test_a_g_format_writes_units_of_a_billion(generate):
     assert generate._format(10132684800, "G.2f") == "10.13"
     assert generate._format("211450000000", "G.1f") == "211.4"
+
+
+def test_an_unknown_block_is_refused_naming_the_known_ones(generate):
+    with pytest.raises(KeyError, match=r"unknown generated block 'nope x'.*table \.\.\., .*same_rows \.\.\., .*demo_ap"):
+        generate.block_text("nope x")
