@@ -31,7 +31,9 @@ from typing import Dict, Optional
 import torch
 
 from .common import peak_mib, reset_peak, rss_mib, timed
-from .detectors import COCO_SIZE, _Worker, make_batch, measure_phases, paired_ratios
+from .detectors import (
+    COCO_SIZE, _Worker, load_config, make_batch, measure_phases, paired_ratios, ratios, set_to_input_statistics
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MMDET_CONFIG = "libra_rcnn/libra-faster-rcnn_r50_fpn_1x_coco"
@@ -62,21 +64,8 @@ def _mmdet_inputs(batch, image_format: str):
 def _calibrate_batchnorm(model, data) -> int:
     """Every frozen BatchNorm of mmdetection's backbone set to its input's statistics on ``data``."""
     layers = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-
-    def set_statistics(module, args):
-        x = args[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)))
-
-    handles = [m.register_forward_pre_hook(set_statistics) for m in layers]
-    try:
-        with torch.no_grad():
-            model.eval()
-            model.backbone(model.data_preprocessor(data, False)["inputs"])
-    finally:
-        for h in handles:
-            h.remove()
-    return len(layers)
+    model.eval()
+    return set_to_input_statistics(layers, lambda: model.backbone(model.data_preprocessor(data, False)["inputs"]))
 
 
 def _mmdet_worker(conn, checkpoint: str, batch_bytes: bytes, image_format: str, seed: int, threads: int) -> None:
@@ -169,8 +158,6 @@ def measure_authors(
     """
     import multiprocessing
 
-    from .detectors import load_config
-
     image_format = load_config(OUR_CONFIG, "cpu").INPUT.FORMAT
     batch = make_batch(OUR_CONFIG, "COCO size", 1, seed)
     batch_bytes = pickle.dumps(batch)
@@ -193,6 +180,7 @@ def measure_authors(
             "batch_size": 1,
             "models": {k: dict(w.info) for k, w in workers.items()},
         }
+
         def progress(phase):
             log(f"  Libra R-CNN R-50, ours vs mmdetection's, 1 x {COCO_SIZE[0]}x{COCO_SIZE[1]}: {phase} ...")
             if phase == "train":  # inference is over: its last detections
@@ -201,8 +189,7 @@ def measure_authors(
 
         measure_phases(workers, result["models"], {"infer": (infer_warmup, infer_repeats),
                                                    "train": (train_warmup, train_repeats)}, progress)  # fmt: skip
-        result["ratio"] = {k: result["models"]["ours"][k] / result["models"]["mmdetection"][k]
-                           for k in ("train_s", "infer_s")}  # fmt: skip
+        result["ratio"] = ratios(result["models"]["ours"], result["models"]["mmdetection"])
         result["paired_ratios"] = paired_ratios(result["models"]["ours"], result["models"]["mmdetection"])
         return result
     finally:

@@ -186,16 +186,28 @@ def calibrate_frozen_batchnorm(model, inputs: List[dict]) -> int:
     """
     from detectron2.layers import FrozenBatchNorm2d
 
+    layers = [m for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
+    return set_to_input_statistics(layers, lambda: model.backbone(model.preprocess_image(inputs).tensor))
+
+
+def set_to_input_statistics(layers: List[torch.nn.Module], forward) -> int:
+    """Sets the ``running_mean`` and ``running_var`` of each normalisation layer in ``layers`` to
+    the per-channel mean and variance of its own (B, C, H, W) input during one ``forward()`` call,
+    under ``no_grad``, in order of execution (:func:`calibrate_frozen_batchnorm`).
+
+    Returns:
+        the number of layers.
+    """
+
     def set_statistics(module, args):
         x = args[0]
         module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
         module.running_var.copy_(x.var(dim=(0, 2, 3)))
 
-    layers = [m for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
     handles = [m.register_forward_pre_hook(set_statistics) for m in layers]
     try:
         with torch.no_grad():
-            model.backbone(model.preprocess_image(inputs).tensor)
+            forward()
     finally:
         for h in handles:
             h.remove()
@@ -376,6 +388,11 @@ def measure_phases(workers: Dict[str, "_Worker"], models: Dict[str, dict], count
             models[key][f"{unit}_peak_mib"] = w.ask("peak")
 
 
+def ratios(model: dict, reference: dict, keys=("train_s", "infer_s")) -> Dict[str, float]:
+    """``model[k] / reference[k]`` for each of ``keys``: the ratios of the medians (and peaks)."""
+    return {k: model[k] / reference[k] for k in keys}
+
+
 def paired_ratios(model: dict, reference: dict) -> Dict[str, List[float]]:
     """``model`` / ``reference`` of each round's pair of measurements, sorted, per unit: their
     spread shows the noise of the ratio of the medians."""
@@ -383,7 +400,7 @@ def paired_ratios(model: dict, reference: dict) -> Dict[str, List[float]]:
             for unit in ("train", "infer")}  # fmt: skip
 
 
-def over_processes(runs: List[dict], model: str, reference: str, keys=("train_s", "infer_s")) -> dict:
+def over_processes(runs: List[dict], model: str, reference: str) -> dict:
     """One result from ``runs`` of the same measurement, each with fresh worker processes.
 
     On a CPU the time of a process depends on its own history (how its allocator serves large
@@ -510,10 +527,8 @@ def measure_pair(
                                                    "train": (train_warmup, train_repeats)},
                        lambda phase: log(f"  {pair.suite} {pair.baseline_name} vs {pair.libra_name} on {device}, "
                                          f"{precision}, batch {batch_size}: {phase} ..."))  # fmt: skip
-        result["ratio"] = {
-            k: result["models"]["libra"][k] / result["models"]["baseline"][k]
-            for k in ("train_s", "infer_s", "train_peak_mib", "infer_peak_mib")
-        }
+        result["ratio"] = ratios(result["models"]["libra"], result["models"]["baseline"],
+                                 ("train_s", "infer_s", "train_peak_mib", "infer_peak_mib"))  # fmt: skip
         result["paired_ratios"] = paired_ratios(result["models"]["libra"], result["models"]["baseline"])
         return result
     finally:

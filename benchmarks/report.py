@@ -31,10 +31,7 @@ def check_targets(results: dict) -> List[dict]:
             ("train_s", "train", TRAIN_RATIO_MAX, "training step"),
             ("infer_s", "infer", INFER_RATIO_MAX, "inference"),
         ):
-            ratio = pair["ratio"][key]
-            measured = _fmt_ratio(ratio) + _spread(pair.get("paired_ratios", {}).get(unit),
-                                                   pair.get("process_ratios", {}).get(key))
-            rows.append(_row(f"{what} {label} <= {bar:.2f}x", measured, ratio <= bar, ratio - bar, "x"))
+            rows.append(_ratio_row(f"{what} {label}", pair, key, unit, bar))
         if pair["suite"] == "COCO size":
             ratio = pair["ratio"]["train_peak_mib"]
             rows.append(
@@ -49,13 +46,8 @@ def check_targets(results: dict) -> List[dict]:
     authors = results.get("authors")
     if authors:
         for key, unit, what in (("train_s", "train", "training step"), ("infer_s", "infer", "inference")):
-            ratio = authors["ratio"][key]
-            rows.append(_row(
-                f"{what} ours / mmdetection's Libra R-CNN R-50 (COCO size, cpu, same weights) <= {AUTHORS_RATIO_MAX:.2f}x",
-                _fmt_ratio(ratio) + _spread(authors["paired_ratios"][unit], authors.get("process_ratios", {}).get(key)),
-                ratio <= AUTHORS_RATIO_MAX,
-                ratio - AUTHORS_RATIO_MAX, "x",
-            ))  # fmt: skip
+            rows.append(_ratio_row(f"{what} ours / mmdetection's Libra R-CNN R-50 (COCO size, cpu, same weights)",
+                                   authors, key, unit, AUTHORS_RATIO_MAX))  # fmt: skip
     sampler_rows = [r for r in results.get("sampler", {}).get("rows", []) if r["batch"] == SAMPLER_TARGET_BATCH]
     for r in sampler_rows:
         if r["device"] == "cpu":
@@ -99,14 +91,28 @@ def check_targets(results: dict) -> List[dict]:
     return rows
 
 
+def _ratio_row(what: str, result: dict, key: str, unit: str, bar: float) -> dict:
+    """The target ``what <= bar`` on ``result["ratio"][key]``, its spread beside it (:func:`_spread`)."""
+    ratio = result["ratio"][key]
+    measured = _fmt_ratio(ratio) + _spread(result.get("paired_ratios", {}).get(unit),
+                                           result.get("process_ratios", {}).get(key))  # fmt: skip
+    return _row(f"{what} <= {bar:.2f}x", measured, ratio <= bar, ratio - bar, "x")
+
+
+def _quartiles(ratios) -> str:
+    """``Q1–Q3`` of the per-round ratios, their middle half; empty for fewer than four."""
+    if not ratios or len(ratios) < 4:
+        return ""
+    r = sorted(ratios)
+    return f"{r[(len(r) - 1) // 4]:.3f}–{r[(3 * (len(r) - 1) + 3) // 4]:.3f}"
+
+
 def _spread(ratios, processes=None) -> str:
     """`` (rounds: Q1–Q3; processes: min–max)``: the middle half of the per-round ratios, the noise
     within a run, and, measured more than once with fresh processes, the range of the runs'
     ratios, the noise between runs; empty without them."""
-    parts = []
-    if ratios and len(ratios) >= 4:
-        r = sorted(ratios)
-        parts.append(f"rounds: {r[(len(r) - 1) // 4]:.3f}–{r[(3 * (len(r) - 1) + 3) // 4]:.3f}")
+    quartiles = _quartiles(ratios)
+    parts = [f"rounds: {quartiles}"] if quartiles else []
     if processes and len(processes) > 1:
         parts.append(f"{len(processes)} processes: {min(processes):.3f}–{max(processes):.3f}")
     return f" ({'; '.join(parts)})" if parts else ""
@@ -219,8 +225,8 @@ def to_markdown(results: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for key, unit, what in (("train_s", "train", "training step, s"), ("infer_s", "infer", "inference, s/image")):
-            spread = _spread(authors["paired_ratios"][unit]).strip(" ()").replace("rounds: ", "")  # rounds only
-            lines.append(f"| {what} | {t[key]:.3f} | {o[key]:.3f} | {_fmt_ratio(authors['ratio'][key])} | {spread} |")
+            lines.append(f"| {what} | {t[key]:.3f} | {o[key]:.3f} | {_fmt_ratio(authors['ratio'][key])} "
+                         f"| {_quartiles(authors['paired_ratios'][unit])} |")  # fmt: skip
 
     sampler = results.get("sampler")
     if sampler:
