@@ -170,6 +170,12 @@ def make_batch(config_file: str, suite: str, batch_size: int, seed: int) -> List
     return [mapper(d) for d in dicts]
 
 
+def inference_inputs(batch: List[dict]) -> List[dict]:
+    """The images of a mapped training ``batch`` as inference inputs: ``image``, and ``height`` and
+    ``width`` equal to its own size, so that the detections are not rescaled."""
+    return [{"image": d["image"], "height": d["image"].shape[1], "width": d["image"].shape[2]} for d in batch]
+
+
 def calibrate_frozen_batchnorm(model, inputs: List[dict]) -> int:
     """Sets every ``FrozenBatchNorm2d`` of the backbone to its input's statistics on ``inputs``.
 
@@ -269,7 +275,7 @@ def _worker(
             calibrated = calibrate_frozen_batchnorm(model, batch)
             if shared:
                 torch.save(model.state_dict(), shared[1])
-        images = [{"image": d["image"], "height": d["image"].shape[1], "width": d["image"].shape[2]} for d in batch]
+        images = inference_inputs(batch)
         optimizer = build_optimizer(cfg, model)
         cuda_amp = precision == "amp" and device.startswith("cuda")
         trainer = (AMPTrainer if cuda_amp else SimpleTrainer)(model, _repeat(batch), optimizer)

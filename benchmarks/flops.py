@@ -16,7 +16,7 @@ from typing import List
 
 import torch
 
-from .detectors import PAIRS, build_pair
+from .detectors import PAIRS, build_pair, inference_inputs
 
 MODULES = ("backbone", "backbone.refine", "proposal_generator", "roi_heads", "head")
 
@@ -49,7 +49,7 @@ def count_pair(pair, seed: int = 0) -> dict:
     from detectron2.utils.analysis import FlopCountAnalysis
 
     models, batch = build_pair(pair, seed)
-    image = [{"image": batch[0]["image"], "height": batch[0]["image"].shape[1], "width": batch[0]["image"].shape[2]}]
+    image = inference_inputs(batch[:1])
     result = {}
     for key, model in zip(("baseline", "libra"), models):
         model.eval()

@@ -25,7 +25,7 @@ from typing import Dict, List
 
 import torch
 
-from .detectors import PAIRS, build_pair
+from .detectors import PAIRS, build_pair, inference_inputs
 
 MODULES = ("backbone", "backbone.bottom_up", "backbone.fpn", "backbone.fpn.bottom_up", "backbone.refine",
            "proposal_generator", "roi_heads", "head")  # fmt: skip
@@ -53,7 +53,7 @@ def _hook_times(model) -> Dict[str, List[float]]:
 def step_fn(model, batch, phase: str):
     """One inference of the first image (``no_grad``) or one forward and backward of the losses."""
     if phase == "inference":
-        image = [{"image": batch[0]["image"], "height": batch[0]["image"].shape[1], "width": batch[0]["image"].shape[2]}]
+        image = inference_inputs(batch[:1])
 
         def run():
             model.eval()
