@@ -14,6 +14,9 @@ from detectron2.modeling import Backbone
 from libra_rcnn.engine import argument_parser
 
 REPO = Path(__file__).resolve().parents[1]
+# The pages a reader follows: the README, the guides, the reports and the benchmark's README.
+DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "reports").glob("*.md")),
+             REPO / "benchmarks" / "README.md"]  # fmt: skip
 CONFIGS = REPO / "configs"
 ALL_CONFIGS = sorted(str(p.relative_to(REPO)) for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("Base-"))
 # LazyConfigs (Python), without the shared pieces under configs/common.

@@ -8,10 +8,8 @@ from collections import defaultdict
 
 import pytest
 
+from conftest import DOC_PAGES
 from conftest import REPO
-
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "reports").glob("*.md")),
-         REPO / "benchmarks" / "README.md"]  # fmt: skip
 # A command: `python -m package.module` or `python path/script.py` (any interpreter path before it).
 COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?python3?\s+(?:-W\s+\S+\s+)?(-m\s+[\w.]+|[\w./-]+\.py)(?=\s|$)(.*)")
 NOT_OURS = {"-m pytest", "-m pip", "-m venv", "-m torch.distributed.run"}
@@ -26,7 +24,7 @@ def code_lines(text: str):
 def documented_commands():
     """{command: {flag: [page, ...]}} over every page."""
     found = defaultdict(lambda: defaultdict(list))
-    for page in PAGES:
+    for page in DOC_PAGES:
         for line in code_lines(page.read_text()):
             line = line.split("#")[0]
             for match in COMMAND.finditer(line):

@@ -8,10 +8,9 @@ from detectron2.config import get_cfg
 
 import libra_rcnn
 
-from conftest import REPO
+from conftest import DOC_PAGES, REPO
 
-PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "projects" / "LibraRCNN" / "README.md",
-         *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs" / "reports").glob("*.md"))]  # fmt: skip
+PAGES = [*DOC_PAGES, REPO / "projects" / "LibraRCNN" / "README.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
