@@ -50,8 +50,10 @@ class TrainingPosition(HookBase):
     A checkpoint without this state (written by an older version) still resumes: the log says
     that the data position is unknown and the data order restarts from its first batch. A
     resume with another world size, batch size or dataset continues the same order of samples
-    from the first one not yet taken, in batches that differ from an uninterrupted run's; the
-    log says so.
+    from global sample (iterations done x total batch), in batches that differ from an
+    uninterrupted run's; the log says so. With aspect-ratio grouping, the images that waited in
+    half-filled buckets at the checkpoint are skipped, and as many taken early are seen twice
+    (at most ``batch_size - 1`` of each orientation per process).
     """
 
     def __init__(self):
