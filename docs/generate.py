@@ -44,9 +44,11 @@ Blocks:
                              mean ± sample std over its seeds
     ``resume_position PATH`` the seconds to find a resumed iteration's batch, per layout and
                              iteration (``python -m benchmarks.resume_position``), as a table
-    ``same_rows PATH PATH``  two ablation-runner JSON results of the same rows (in the same order),
-                             row by row: AP mean ± sample std of each, their difference and
-                             Welch's t-test (independent runs: their seeds do not pair)
+    ``same_rows RUN=RUN...`` pairs of runs of the same config, each a row of an ablation-runner
+                             JSON result (``PATH#ROW``) or a run folder (``FOLDER``, with
+                             FOLDER/seed_N/result.json), pair by pair: AP mean ± sample std of
+                             each, their difference and Welch's t-test (independent runs: their
+                             seeds do not pair)
     ``report PATH``          a Markdown report a command wrote (``python -m benchmarks``'s
                              results.md, ``benchmarks.reference.table``'s equivalence.md) as it
                              is, its headings one level deeper
@@ -81,7 +83,7 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 from scipy import stats
 
@@ -312,16 +314,29 @@ def _paired_steps(arg: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_aps(source: str) -> Tuple[str, List[float]]:
+    """The name and the per-seed AP of ``PATH#ROW`` (a row of an ablation-runner JSON result) or
+    of a run folder ``FOLDER`` (FOLDER/seed_N/result.json)."""
+    path, _, row = source.partition("#")
+    if row:
+        rows = json.loads((DOCS / path).read_text())["rows"]
+        found = next((r for r in rows if r["name"] == row), None)
+        if found is None:
+            raise KeyError(f"{path} has no row {row!r}; its rows: {', '.join(r['name'] for r in rows)}")
+        return row, list(_seed_values(found, "AP").values())
+    files = sorted((DOCS / path).glob("seed_*/result.json"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no seed_N/result.json")
+    return Path(path).name, [json.loads(f.read_text())["AP"] for f in files]
+
+
 def _same_rows(arg: str) -> str:
-    """Two runner results of the same rows, row by row: AP of each, and Welch's t-test of the difference."""
-    first, second = (json.loads((DOCS / path).read_text())["rows"] for path in arg.split())
-    if len(first) != len(second):
-        raise ValueError(f"same_rows {arg}: {len(first)} rows against {len(second)}")
-    lines = ["| row | AP | AP, other run | difference | p (Welch, two-sided) | within noise |", "|---|---|---|---|---|---|"]
-    for a, b in zip(first, second):
-        x, y = list(_seed_values(a, "AP").values()), list(_seed_values(b, "AP").values())
+    """Pairs of runs of the same config: AP of each, and Welch's t-test of the difference."""
+    lines = ["| config | AP | AP, other run | difference | p (Welch, two-sided) | within noise |", "|---|---|---|---|---|---|"]
+    for pair in arg.split():
+        (a, x), (b, y) = (_run_aps(source) for source in pair.split("="))
         p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-        lines.append(f"| `{a['name']}` / `{b['name']}` | {_mean_std(x, '.1f')} | {_mean_std(y, '.1f')} "
+        lines.append(f"| `{a}` / `{b}` | {_mean_std(x, '.1f')} | {_mean_std(y, '.1f')} "
                      f"| {statistics.fmean(x) - statistics.fmean(y):+.1f} | {p:.2f} | {'yes' if p >= 0.05 else '**no**'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

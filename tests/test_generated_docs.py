@@ -169,16 +169,21 @@ def test_a_report_is_copied_with_its_headings_one_level_deeper(results, generate
     assert "<!-- generated: report ../benchmarks/results/results.md -->" in page
 
 
-def test_same_rows_compares_two_runs_of_the_same_rows_by_welchs_test(results, generate):
+def test_same_rows_compares_runs_of_the_same_config_by_welchs_test(results, generate):
     def runner(*rows):
         return {"rows": [{"name": n, "per_seed": {"AP": dict(zip("789", aps))}} for n, aps in rows]}
 
     (results / "one.json").write_text(json.dumps(runner(("a", [30.0, 31.0, 32.0]), ("b", [40.0, 40.5, 41.0]))))
-    (results / "two.json").write_text(json.dumps(runner(("a2", [31.0, 32.0, 33.0]), ("b2", [30.0, 30.5, 31.0]))))
-    lines = generate.block_text("same_rows one.json two.json").splitlines()
+    (results / "two.json").write_text(json.dumps(runner(("a2", [31.0, 32.0, 33.0]))))
+    for seed, ap in zip("789", [30.0, 30.5, 31.0]):
+        (results / "runs" / "b2" / f"seed_{seed}").mkdir(parents=True)
+        (results / "runs" / "b2" / f"seed_{seed}" / "result.json").write_text(json.dumps({"AP": ap}))
+    lines = generate.block_text("same_rows one.json#a=two.json#a2 one.json#b=runs/b2").splitlines()
     # Row a: 31.0 ± 1.0 against 32.0 ± 1.0: t = -1 / sqrt(2/3), df = 4, p = 0.29. Row b: 10 points apart.
     assert lines[2] == "| `a` / `a2` | 31.0 ± 1.0 | 32.0 ± 1.0 | -1.0 | 0.29 | yes |"
     assert lines[3].startswith("| `b` / `b2` | 40.5 ± 0.5 | 30.5 ± 0.5 | +10.0 | 0.00 | **no** |")
+    with pytest.raises(KeyError, match="two.json has no row 'b2'; its rows: a2"):
+        generate.block_text("same_rows one.json#b=two.json#b2")
 
 
 def test_a_g_format_writes_units_of_a_billion(generate):
