@@ -165,10 +165,15 @@ def _ap_cell(values: Dict[int, float], where: str = "") -> str:
     return f"{statistics.fmean(ap):.1f} ± {statistics.stdev(ap):.1f} (seeds {', '.join(map(str, seeds))}{where})"
 
 
+def _per_seed(folder: Path, ap: Callable[[dict], float]) -> Dict[int, float]:
+    """``ap(result)`` of each FOLDER/seed_N/result.json, by seed N."""
+    files = sorted(folder.glob("seed_*/result.json"))
+    return {int(f.parent.name[5:]): ap(json.loads(f.read_text())) for f in files}
+
+
 def _seed_ap(folder: Path, ap: Callable[[dict], float]) -> str:
     """Mean ± sample std over FOLDER/seed_N/result.json of ``ap(result)``."""
-    files = sorted(folder.glob("seed_*/result.json"))
-    return _ap_cell({int(f.parent.name[5:]): ap(json.loads(f.read_text())) for f in files})
+    return _ap_cell(_per_seed(folder, ap))
 
 
 def _runs(name: str) -> str:
@@ -324,10 +329,10 @@ def _run_aps(source: str) -> Tuple[str, List[float]]:
         if found is None:
             raise KeyError(f"{path} has no row {row!r}; its rows: {', '.join(r['name'] for r in rows)}")
         return row, list(_seed_values(found, "AP").values())
-    files = sorted((DOCS / path).glob("seed_*/result.json"))
-    if not files:
+    per_seed = _per_seed(DOCS / path, lambda result: result["AP"])
+    if not per_seed:
         raise FileNotFoundError(f"{path}: no seed_N/result.json")
-    return Path(path).name, [json.loads(f.read_text())["AP"] for f in files]
+    return Path(path).name, list(per_seed.values())
 
 
 def _same_rows(arg: str) -> str:

@@ -8,8 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import DOC_PAGES
-from conftest import REPO
+from conftest import DOC_PAGES, REPO
 # A command: `python -m package.module` or `python path/script.py` (any interpreter path before it).
 COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?python3?\s+(?:-W\s+\S+\s+)?(-m\s+[\w.]+|[\w./-]+\.py)(?=\s|$)(.*)")
 NOT_OURS = {"-m pytest", "-m pip", "-m venv", "-m torch.distributed.run"}
